@@ -1,0 +1,116 @@
+"""Command line: `python -m whisper_cpu` / `whisper-cpu`. Problems a user can fix end in one line and exit 2."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from . import UserError, audio, bench, methods, models, report, results
+
+
+def _threads(value: str) -> int:
+    n = int(value)
+    cores = len(os.sched_getaffinity(0))
+    if not 1 <= n <= cores:
+        raise argparse.ArgumentTypeError(f"{n} threads on {cores} available cores: oversubscribing slows PyTorch several times")
+    return n
+
+
+def _input(args) -> audio.Input:
+    return audio.file_input(args.audio, args.language) if args.audio else audio.window()
+
+
+def cmd_bench(args) -> None:
+    opts = bench.Options(
+        models=tuple(args.models), methods=tuple(args.methods), repeats=args.repeats, beam_size=args.beam_size,
+        threads=args.threads or results.default_threads(), output=args.output,
+    )
+    bench.plan(opts)  # unknown methods fail before anything loads
+    for name in opts.models:
+        models.checkpoint_path(name)
+    clip = _input(args)
+    print(f"input: {clip.id} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'}); threads: {opts.threads}")
+    run_id = bench.run(opts, clip, run_id=args.resume)
+    table = report.summary(results_frame(opts.output, run_id))
+    columns = ["model", "method", "device", "repeats", "wall_s", "speedup_vs_fp32", "x_realtime", "encoder_s",
+               "decoder_s", "decoder_ms_per_token", "load_s", "contended"]
+    print(f"\nrun {run_id}: medians over repeats, speedup against fp32 of this run ({opts.output})")
+    print(table[columns].to_string(index=False))
+
+
+def results_frame(path: Path, run_id: str) -> pd.DataFrame:
+    timings = report.load_timings(path)
+    return timings[timings.run_id == run_id]
+
+
+def cmd_compare(args) -> None:
+    table = report.compare(report.load_timings(args.timings), report.published(), args.run_id)
+    print("qint8 speedup over nn.Linear fp32, ours (this machine) beside the original's (Ryzen 5 5600X, AVX2)")
+    print(table.to_string(index=False))
+
+
+def cmd_models(args) -> None:
+    for name in args.names:
+        path = models.checkpoint_path(name)
+        print(f"{name}: {path}")
+    if not args.names:
+        print("official names:", ", ".join(models.OFFICIAL))
+        print("loadable here:", ", ".join(models.available_here()) or "none")
+
+
+def cmd_audio(args) -> None:
+    if args.action == "seed":
+        print(f"original's clip: {audio.fetch_seed()}")
+        return
+    clips = audio.read_manifest(args.manifest)
+    found = audio.available(clips)
+    print(f"{len(found)} of {len(clips)} manifest clips verified ({sum(c.duration_s for c, _ in found):.0f} s)")
+    clip = audio.window()
+    print(f"benchmark input: {clip.path} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'})")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whisper-cpu", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="time models x methods on one input")
+    b.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    b.add_argument("--methods", nargs="+", default=["fp32", "fp32-nn", "qint8"], help=", ".join(methods.REGISTRY))
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
+    b.add_argument("--threads", type=_threads, default=None, help="default: all available cores")
+    b.add_argument("--audio", type=Path, help="a file to time instead of the ~30 s real-speech window")
+    b.add_argument("--language", default="en")
+    b.add_argument("--output", type=Path, default=results.TIMINGS)
+    b.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run instead of starting a new one")
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("compare", help="our speedups beside the published ones")
+    c.add_argument("--timings", type=Path, default=results.TIMINGS)
+    c.add_argument("--run-id")
+    c.set_defaults(func=cmd_compare)
+
+    m = sub.add_parser("models", help="provision checkpoints (or list what loads here)")
+    m.add_argument("names", nargs="*")
+    m.set_defaults(func=cmd_models)
+
+    a = sub.add_parser("audio", help="verify the real-speech clips and build the benchmark input")
+    a.add_argument("action", choices=["prepare", "seed"])
+    a.add_argument("--manifest", type=Path, default=audio.MANIFEST)
+    a.set_defaults(func=cmd_audio)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as error:
+        print(f"whisper-cpu: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nwhisper-cpu: interrupted; rows written so far are kept (bench: rerun with --resume RUN_ID)", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,66 @@
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+from whisper_cpu import audio, bench, report, results
+
+
+def test_probe_sees_other_processes_using_the_cpu():
+    burn = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)
+        with bench.Probe() as probe:
+            time.sleep(1.0)
+    finally:
+        burn.kill()
+    assert 0.95 < probe.wall_s < 1.5
+    assert probe.other_cpu_s > 0.5 and probe.contended()
+
+
+def test_bench_writes_whole_rows_and_resumes_an_interrupted_run(tmp_path, clips, mirror):
+    clip = audio.file_input(audio.locate(clips["deepspeech_LDC93S1"]))
+    output = tmp_path / "timings.csv"
+    opts = bench.Options(models=("tiny.en",), methods=("fp32", "qint8"), repeats=2, threads=1, output=output)
+    run_id = bench.run(opts, clip, log=lambda *_: None)
+    rows = pd.read_csv(output)
+    assert len(rows) == 4 and set(rows.run_id) == {run_id}
+    assert (rows.wall_s > 0).all() and (rows.encoder_s > 0).all() and (rows.decoder_s > 0).all()
+    assert rows.transcript.str.lower().str.contains("greasy wash").all()
+    assert {"cpu", "isa", "torch", "openai_whisper", "quantized_engine", "other_cpu_s"} <= set(rows.columns)
+
+    bench.run(bench.Options(**{**vars(opts), "repeats": 3}), clip, run_id=run_id, log=lambda *_: None)
+    rows = pd.read_csv(output)
+    assert len(rows) == 6 and sorted(rows[rows.method == "qint8"].repeat) == [0, 1, 2]
+
+
+def fixture_timings():
+    rows = []
+    for method, walls in {"fp32": [2.0, 4.0, 3.0], "fp32-nn": [3.0, 3.0, 3.0], "qint8": [1.0, 1.5, 2.0]}.items():
+        for repeat, wall in enumerate(walls):
+            rows.append({
+                "run_id": "r1", "model": "base", "method": method, "device": "cpu", "beam_size": 1,
+                "audio_id": "w", "system": "whisper_cpu", "audio_s": 30.0, "load_s": 1.0, "wall_s": wall,
+                "encoder_s": 0.5, "decoder_s": 1.0, "window_tokens": 100, "contended": False, "repeat": repeat,
+            })
+    return pd.DataFrame(rows)
+
+
+def test_summary_takes_medians_and_same_run_speedups():
+    table = report.summary(fixture_timings()).set_index("method")
+    assert table.loc["fp32", "wall_s"] == 3.0 and table.loc["qint8", "wall_s"] == 1.5
+    assert table.loc["qint8", "speedup_vs_fp32"] == 2.0
+    assert table.loc["qint8", "x_realtime"] == 20.0
+    assert table.loc["qint8", "decoder_ms_per_token"] == 10.0
+
+
+def test_compare_puts_ours_beside_the_published_speedup():
+    table = report.compare(fixture_timings(), report.published()).set_index("model")
+    assert table.loc["base", "qint8_speedup"] == 2.0
+    assert table.loc["base", "published_qint8_speedup"] == round(5.2 / 3.2, 2)
+    assert table.loc["base", "published_qint8_x_realtime"] == round(30 / 3.2, 2)
+
+
+def test_default_threads_never_oversubscribe():
+    assert results.default_threads() <= results.physical_cores()

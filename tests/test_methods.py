@@ -1,0 +1,64 @@
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+from whisper.model import Linear
+
+from whisper_cpu import UserError, audio, methods
+
+
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def serialized_bytes(model):
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def forward(model, mel, tokens):
+    with torch.inference_mode():
+        return model.logits(tokens, model.embed_audio(mel))
+
+
+def test_to_nn_linear_swaps_every_layer_with_identical_outputs(tiny):
+    model = copy.deepcopy(tiny)
+    torch.manual_seed(0)
+    mel, tokens = torch.randn(1, 80, 3000), torch.tensor([[50257, 50362, 440, 1049]])
+    before = forward(model, mel, tokens)
+    n = len(linears(model))
+    methods.to_nn_linear(model)
+    assert not any(isinstance(m, Linear) for m in model.modules())
+    assert len(linears(model)) == n == 4 * 6 + 4 * 10  # per attention 4, per mlp 2; 4 encoder + 4 decoder blocks
+    assert torch.equal(forward(model, mel, tokens), before)
+
+
+def test_quantizing_the_model_as_shipped_is_a_silent_no_op(tiny):
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(tiny), {nn.Linear}, dtype=torch.qint8)
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized.modules())
+
+
+def test_qint8_quantizes_every_linear_and_shrinks_the_weights(tiny):
+    fp32 = methods.get("fp32-nn").prepare(copy.deepcopy(tiny))
+    weights = sum(m.weight.numel() for m in linears(fp32))
+    quantized = methods.get("qint8").prepare(copy.deepcopy(tiny))
+    dynamic = [m for m in quantized.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(dynamic) == len(linears(fp32))
+    assert not [m for m in quantized.modules() if type(m) in (nn.Linear, Linear)]
+    saved = serialized_bytes(fp32) - serialized_bytes(quantized)
+    assert saved > 2.9 * weights  # 4 bytes -> 1 byte per weight, less the per-layer scales
+
+
+def test_qint8_still_transcribes(tiny, clips, mirror):
+    model = methods.get("qint8").prepare(copy.deepcopy(tiny))
+    text = model.transcribe(audio.load(audio.locate(clips["whisper_jfk"])), language="en", fp16=False, temperature=0.0)["text"]
+    assert "ask not what your country can do for you" in text.lower()
+
+
+def test_registry_rejects_unknown_methods():
+    assert set(methods.REGISTRY) >= {"fp32", "fp32-nn", "qint8"}
+    with pytest.raises(UserError, match="unknown method 'int3'"):
+        methods.get("int3")
