@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import UserError, audio, bench, methods, models, report, results
+from . import UserError, accuracy, audio, bench, methods, models, report, results
 
 
 def _threads(value: str) -> int:
@@ -33,11 +33,12 @@ def cmd_bench(args) -> None:
     clip = _input(args)
     print(f"input: {clip.id} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'}); threads: {opts.threads}")
     run_id = bench.run(opts, clip, run_id=args.resume)
-    table = report.summary(results_frame(opts.output, run_id))
+    table = report.with_wer(report.summary(results_frame(opts.output, run_id)), report.latest_accuracy(results.ACCURACY))
     columns = ["model", "method", "device", "repeats", "wall_s", "speedup_vs_fp32", "x_realtime", "encoder_s",
-               "decoder_s", "decoder_ms_per_token", "load_s", "contended"]
-    print(f"\nrun {run_id}: medians over repeats, speedup against fp32 of this run ({opts.output})")
-    print(table[columns].to_string(index=False))
+               "decoder_s", "decoder_ms_per_token", "load_s", "contended", "wer_pct", "wer_delta_ci"]
+    print(f"\nrun {run_id}: medians over repeats, speedup against fp32 of this run ({opts.output});")
+    print("WER (%, English clips) and its change against fp32 [95% CI] from the latest `make accuracy`")
+    print(table[columns].fillna("").to_string(index=False))
 
 
 def results_frame(path: Path, run_id: str) -> pd.DataFrame:
@@ -46,9 +47,32 @@ def results_frame(path: Path, run_id: str) -> pd.DataFrame:
 
 
 def cmd_compare(args) -> None:
-    table = report.compare(report.load_timings(args.timings), report.published(), args.run_id)
+    scores = report.latest_accuracy(args.accuracy)
+    table = report.compare(report.load_timings(args.timings), report.published(), args.run_id, scores)
     print("qint8 speedup over nn.Linear fp32, ours (this machine) beside the original's (Ryzen 5 5600X, AVX2)")
-    print(table.to_string(index=False))
+    print(table.fillna("").T.to_string(header=False))
+
+
+def cmd_accuracy(args) -> None:
+    opts = accuracy.Options(
+        models=tuple(args.models), methods=tuple(args.methods), beam_size=args.beam_size, threads=args.threads or 0,
+        manifest=args.manifest, audio_dir=args.audio_dir, output=args.output, transcripts=args.transcripts,
+    )
+    for name in (*opts.methods, "fp32"):
+        methods.get(name)
+    for name in opts.models:
+        models.checkpoint_path(name)
+    run_id = accuracy.run(opts, run_id=args.resume)
+    table = pd.read_csv(opts.output)
+    table = table[table.run_id == run_id]
+    table["wer_pct"] = (100 * table.wer).round(2)
+    table["cer_pct"] = (100 * table.cer).round(2)
+    for column in ("wer_delta", "ci_low", "ci_high"):
+        table[column] = (100 * table.get(column, float("nan"))).round(2)
+    columns = ["model", "method", "language", "n_utterances", "audio_s", "metric", "wer_pct", "cer_pct", "wer_delta",
+               "ci_low", "ci_high", "identical_to_fp32", "rtfx"]
+    print(f"\nrun {run_id}: corpus WER/CER in %, delta against fp32 in points with its 95% bootstrap CI")
+    print(table[[c for c in columns if c in table]].fillna("").to_string(index=False))
 
 
 def cmd_models(args) -> None:
@@ -90,7 +114,20 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="our speedups beside the published ones")
     c.add_argument("--timings", type=Path, default=results.TIMINGS)
     c.add_argument("--run-id")
+    c.add_argument("--accuracy", type=Path, default=results.ACCURACY)
     c.set_defaults(func=cmd_compare)
+
+    w = sub.add_parser("accuracy", help="WER of models x methods on the real-speech clips of a manifest")
+    w.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    w.add_argument("--methods", nargs="+", default=["fp32", "fp32-nn", "qint8"], help=", ".join(methods.REGISTRY))
+    w.add_argument("--beam-size", type=int, default=None)
+    w.add_argument("--threads", type=_threads, default=None)
+    w.add_argument("--manifest", type=Path, default=audio.MANIFEST, help="any manifest with file, sha256, language, reference")
+    w.add_argument("--audio-dir", type=Path, help="where the manifest's files are (default: the audio mirror)")
+    w.add_argument("--output", type=Path, default=results.ACCURACY)
+    w.add_argument("--transcripts", type=Path, default=results.TRANSCRIPTS)
+    w.add_argument("--resume", metavar="RUN_ID")
+    w.set_defaults(func=cmd_accuracy)
 
     m = sub.add_parser("models", help="provision checkpoints (or list what loads here)")
     m.add_argument("names", nargs="*")

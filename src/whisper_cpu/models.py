@@ -286,6 +286,16 @@ def checkpoint_path(name_or_path: str) -> Path:
     raise _unavailable(name_or_path)
 
 
+def dims(name_or_path: str) -> ModelDimensions:
+    """A model's dimensions without reading its weights (the checkpoint is memory-mapped)."""
+    path = checkpoint_path(name_or_path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) checkpoints cannot be memory-mapped
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return ModelDimensions(**checkpoint["dims"])
+
+
 def load_model(name_or_path: str) -> Whisper:
     """An fp32 openai-whisper model on the CPU, with the right alignment heads."""
     path = checkpoint_path(name_or_path)

@@ -41,11 +41,33 @@ def summary(timings: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def latest_accuracy(path: Path | None) -> pd.DataFrame:
+    """The newest accuracy row per model x method x language (empty when nothing was scored yet)."""
+    if path is None or not Path(path).exists():
+        return pd.DataFrame(columns=["model", "method", "language", "wer", "wer_delta", "ci_low", "ci_high"])
+    table = pd.read_csv(path)
+    return table.drop_duplicates(["model", "method", "language", "beam_size"], keep="last")
+
+
+def with_wer(table: pd.DataFrame, accuracy: pd.DataFrame, language: str = "en") -> pd.DataFrame:
+    """Add English WER and its delta against fp32 (95% CI) beside each timing row."""
+    scores = accuracy[accuracy.language == language].copy()
+    for column in ("wer_delta", "ci_low", "ci_high"):
+        if column not in scores:
+            scores[column] = float("nan")
+    scores["wer_delta_ci"] = [
+        f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]" if pd.notna(d) else "" for d, lo, hi in zip(scores.wer_delta, scores.ci_low, scores.ci_high)
+    ]
+    scores["wer_pct"] = (100 * scores.wer).round(2)
+    keys = ["model", "method"] + (["beam_size"] if "beam_size" in scores and "beam_size" in table else [])
+    return table.merge(scores[keys + ["wer_pct", "wer_delta_ci"]], on=keys, how="left")
+
+
 def published(path: Path = PUBLISHED) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def compare(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+def compare(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None, accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
     """Our qint8 speedup over nn.Linear fp32 (the original's own comparison) beside the published one.
 
     Published sizes are matched by size: our tiny.en is the English-only tiny, same architecture and cost.
@@ -53,11 +75,13 @@ def compare(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None =
     run_id = run_id or latest_run(timings)
     ours = summary(timings[(timings.run_id == run_id) & (timings.device == "cpu")])
     ours = ours[ours.beam_size == 1] if (ours.beam_size == 1).any() else ours
+    ours = with_wer(ours, accuracy if accuracy is not None else latest_accuracy(None))
     cpu = reference[reference.device == "cpu"]
     rows = []
     for model in ours.model.unique():
         size = model.split(".")[0]
-        median = ours[ours.model == model].set_index("method")["wall_s"]
+        mine = ours[ours.model == model].set_index("method")
+        median = mine["wall_s"]
         pub = cpu[cpu.model == size].set_index("dtype")["inference_time_s"]
         audio_s = ours[ours.model == model].audio_s.iloc[0]
         rows.append({
@@ -68,6 +92,8 @@ def compare(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None =
             "published_qint8_speedup": _ratio(pub.get("fp32"), pub.get("qint8")),
             "qint8_x_realtime": _ratio(audio_s, median.get("qint8")),
             "published_qint8_x_realtime": _ratio(30.0, pub.get("qint8")),
+            "fp32_wer_pct": mine["wer_pct"].get("fp32"), "qint8_wer_pct": mine["wer_pct"].get("qint8"),
+            "qint8_wer_delta_ci": mine["wer_delta_ci"].get("qint8"),
         })
     return pd.DataFrame(rows)
 

@@ -6,9 +6,11 @@ interrupted run leaves the file as it was after its last whole row, and a rerun 
 
 import csv
 import io
+import json
 import os
 import platform
 import secrets
+import subprocess
 import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -20,6 +22,8 @@ from . import ROOT
 
 RESULTS = ROOT / "results"
 TIMINGS = RESULTS / "timings.csv"
+ACCURACY = RESULTS / "accuracy.csv"
+TRANSCRIPTS = RESULTS / "transcripts"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
@@ -56,7 +60,18 @@ def environment(threads: int) -> dict:
         "torch": torch.__version__,
         "openai_whisper": version("openai-whisper"),
         "quantized_engine": torch.backends.quantized.engine,
+        "git_commit": git_commit(),
     }
+
+
+def git_commit() -> str:
+    """The commit that produced a row, '+dirty' when the work tree had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def new_run_id() -> str:
@@ -76,18 +91,34 @@ def read_rows(path: Path) -> list[dict]:
 
 def append_rows(path: Path, rows: list[dict]) -> None:
     """Append rows atomically; new columns extend the header, old rows keep theirs empty."""
-    path = Path(path)
     old = read_rows(path)
     fields = list(dict.fromkeys([*(old[0] if old else []), *(k for row in rows for k in row)]))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(old + rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    old = Path(path).read_text(encoding="utf-8") if Path(path).exists() else ""
+    write_atomic(path, old + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside the target, then rename: readers see the old file or the new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

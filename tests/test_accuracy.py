@@ -1,0 +1,79 @@
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from whisper_cpu import accuracy, audio, report
+
+
+def test_english_normalization_makes_numbers_punctuation_and_case_agree():
+    reference = "In fourteen sixty-five, Mr. Smith paid twenty dollars!"
+    hypothesis = "in 1465 Mister Smith paid $20"
+    assert accuracy.normalize(reference, "en") == accuracy.normalize(hypothesis, "en") == "in 1465 mister smith paid $20"
+    assert accuracy.errors(reference, hypothesis, "en")["word_errors"] == 0
+
+
+def test_word_errors_are_counted_on_normalized_words():
+    counts = accuracy.errors("She had your dark suit in greasy wash water all year.", "she had your dog suit and greasy wash water all year", "en")
+    assert counts == {"word_errors": 2, "words": 11, "char_errors": counts["char_errors"], "chars": len("she had your dark suit in greasy wash water all year")}
+    assert accuracy.errors("a b c", "", "en")["word_errors"] == 3
+
+
+def test_languages_without_spaces_are_scored_by_characters():
+    counts = accuracy.errors("今日は、良い天気です。", "今日は良い天気だ", "ja")
+    assert counts["words"] == counts["chars"] == len("今日は良い天気です")
+    assert counts["word_errors"] == 2  # one substitution, one deletion
+
+
+def test_bootstrap_has_a_known_answer_on_toy_sets():
+    words = [10, 10, 10, 10]
+    assert accuracy.bootstrap_delta([1, 2, 0, 3], [1, 2, 0, 3], words) == (0.0, 0.0, 0.0)
+    delta, low, high = accuracy.bootstrap_delta([1, 2, 0, 3], [2, 3, 1, 4], words)
+    assert delta == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 5, 200)
+    delta, low, high = accuracy.bootstrap_delta(base, base + rng.integers(-1, 2, 200), [20] * 200)
+    assert low < 0 < high and abs(delta) < 0.01
+
+
+@pytest.fixture(scope="module")
+def two_clip_run(tmp_path_factory, mirror):
+    folder = tmp_path_factory.mktemp("accuracy")
+    with open(audio.MANIFEST, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["id"] in ("deepspeech_LDC93S1", "leopard_test_de", "leopard_test")]
+    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    opts = accuracy.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=folder / "manifest.csv",
+                            output=folder / "accuracy.csv", transcripts=folder / "transcripts")
+    notes = []
+    run_id = accuracy.run(opts, log=notes.append)
+    return opts, run_id, notes
+
+
+def test_two_clip_run_writes_records_and_scores(two_clip_run):
+    opts, run_id, notes = two_clip_run
+    records = pd.read_json(opts.transcripts / f"{run_id}.jsonl", lines=True)
+    assert len(records) == 4 and set(records.method) == {"fp32", "qint8"}
+    assert {"audio_id", "duration_s", "seconds", "reference", "hypothesis", "model", "method"} <= set(records.columns)
+    assert notes == ["note: tiny.en is English-only; 1 non-English clips skipped for it"]
+    table = pd.read_csv(opts.output).set_index("method")
+    assert table.loc["fp32", "n_utterances"] == 2 and table.loc["fp32", "language"] == "en"
+    assert 0 < table.loc["fp32", "wer"] < 0.5 and table.loc["qint8", "rtfx"] > 1
+    assert table.loc["qint8", "ci_low"] <= table.loc["qint8", "wer_delta"] <= table.loc["qint8", "ci_high"]
+    assert pd.isna(table.loc["fp32", "wer_delta"])
+
+
+def test_timings_show_wer_beside_speed(two_clip_run):
+    opts, *_ = two_clip_run
+    timings = pd.DataFrame([
+        {"run_id": "r", "model": "tiny.en", "method": m, "device": "cpu", "beam_size": 1, "audio_id": "w",
+         "system": "whisper_cpu", "audio_s": 30.0, "load_s": 1.0, "wall_s": w, "encoder_s": 0.2, "decoder_s": 1.0,
+         "window_tokens": 50, "contended": False}
+        for m, w in (("fp32", 2.0), ("qint8", 1.0))
+    ])
+    table = report.with_wer(report.summary(timings), report.latest_accuracy(opts.output)).set_index("method")
+    assert table.loc["fp32", "wer_pct"] > 0 and table.loc["fp32", "wer_delta_ci"] == ""
+    assert table.loc["qint8", "wer_delta_ci"].count("[") == 1
