@@ -10,13 +10,16 @@ BEAM ?=
 THREADS ?=
 BENCH_FLAGS = --models $(MODELS) --methods $(METHODS) --repeats $(REPEATS) $(if $(BEAM),--beam-size $(BEAM)) $(if $(THREADS),--threads $(THREADS))
 
-.PHONY: bench accuracy compare test venv models audio audio-seed clean
+.PHONY: bench accuracy compare report test venv models audio audio-seed clean
 
 bench: venv models audio ## time MODELS x METHODS on the ~30 s real-speech window, append to results/timings.csv
 	$(PY) -m whisper_cpu bench $(BENCH_FLAGS)
 
 accuracy: venv models audio ## WER of MODELS x METHODS on every real-speech clip, into results/accuracy.csv
 	$(PY) -m whisper_cpu accuracy --models $(MODELS) --methods $(METHODS) $(if $(BEAM),--beam-size $(BEAM)) $(if $(THREADS),--threads $(THREADS))
+
+report: venv ## figures, README results table and executed notebooks from the committed CSVs (no Jupyter server)
+	$(PY) -m whisper_cpu report
 
 compare: venv ## our speedups beside the published ones
 	$(PY) -m whisper_cpu compare

@@ -38,7 +38,7 @@ def cmd_bench(args) -> None:
                "decoder_s", "decoder_ms_per_token", "load_s", "contended", "wer_pct", "wer_delta_ci"]
     print(f"\nrun {run_id}: medians over repeats, speedup against fp32 of this run ({opts.output});")
     print("WER (%, English clips) and its change against fp32 [95% CI] from the latest `make accuracy`")
-    print(table[columns].fillna("").to_string(index=False))
+    print(table[columns].astype(object).fillna("").to_string(index=False))
 
 
 def results_frame(path: Path, run_id: str) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def cmd_compare(args) -> None:
     scores = report.latest_accuracy(args.accuracy)
     table = report.compare(report.load_timings(args.timings), report.published(), args.run_id, scores)
     print("qint8 speedup over nn.Linear fp32, ours (this machine) beside the original's (Ryzen 5 5600X, AVX2)")
-    print(table.fillna("").T.to_string(header=False))
+    print(table.astype(object).fillna("").T.to_string(header=False))
 
 
 def cmd_accuracy(args) -> None:
@@ -72,7 +72,18 @@ def cmd_accuracy(args) -> None:
     columns = ["model", "method", "language", "n_utterances", "audio_s", "metric", "wer_pct", "cer_pct", "wer_delta",
                "ci_low", "ci_high", "identical_to_fp32", "rtfx"]
     print(f"\nrun {run_id}: corpus WER/CER in %, delta against fp32 in points with its 95% bootstrap CI")
-    print(table[[c for c in columns if c in table]].fillna("").to_string(index=False))
+    print(table[[c for c in columns if c in table]].astype(object).fillna("").to_string(index=False))
+
+
+def cmd_report(args) -> None:
+    timings, scores, reference = report.load_timings(args.timings), report.latest_accuracy(args.accuracy), report.published()
+    for path in report.write_figures(timings, scores, reference, report.FIGURES):
+        print(f"figure: {path.relative_to(report.FIGURES.parent.parent)}")
+    report.update_readme(report.README, report.readme_table(timings, scores, reference))
+    print("README.md: results table regenerated")
+    for notebook in sorted(report.NOTEBOOKS.glob("*.ipynb")):
+        report.execute_notebook(notebook)
+        print(f"executed: notebooks/{notebook.name}")
 
 
 def cmd_models(args) -> None:
@@ -128,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--transcripts", type=Path, default=results.TRANSCRIPTS)
     w.add_argument("--resume", metavar="RUN_ID")
     w.set_defaults(func=cmd_accuracy)
+
+    r = sub.add_parser("report", help="figures, the README results table and the executed notebooks, from the CSVs")
+    r.add_argument("--timings", type=Path, default=results.TIMINGS)
+    r.add_argument("--accuracy", type=Path, default=results.ACCURACY)
+    r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help="provision checkpoints (or list what loads here)")
     m.add_argument("names", nargs="*")

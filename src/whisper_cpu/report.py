@@ -5,9 +5,12 @@ from pathlib import Path
 import pandas as pd
 
 from . import UserError
-from .results import RESULTS
+from .results import RESULTS, write_atomic
 
 PUBLISHED = RESULTS / "published.csv"
+FIGURES = RESULTS / "figures"
+NOTEBOOKS = RESULTS.parent / "notebooks"
+README = RESULTS.parent / "README.md"
 KEYS = ["run_id", "model", "method", "device", "beam_size", "audio_id"]
 
 
@@ -100,3 +103,246 @@ def compare(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None =
 
 def _ratio(a, b):
     return round(a / b, 2) if a is not None and b is not None and pd.notna(a) and pd.notna(b) else None
+
+
+# --- the original's table, figures and the README table ------------------------------------------------
+
+ORIGINAL_ROWS = [  # our method -> the original's (device, dtype, linear layer) row
+    ("fp32", "cpu", "cpu", "fp32", "Linear"),
+    ("fp32-nn", "cpu", "cpu", "fp32", "nn.Linear"),
+    ("qint8", "cpu", "cpu", "qint8", "nn.Linear"),
+    ("fp32", "cuda", "gpu", "fp32", "Linear"),
+]
+PUBLISHED_CPU = "AMD Ryzen 5 5600X (AVX2)"
+SYSTEM_COLORS = {"whisper_cpu": "tab:blue", "faster-whisper": "tab:orange", "whisper.cpp": "tab:green"}
+
+
+def machine_label(frame: pd.DataFrame) -> str:
+    row = frame.iloc[-1]
+    return f"{row['cpu']}, {row['threads']} threads on {row['physical_cores']} cores [{row['isa']}]"
+
+
+def original_table(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """The original's results table per model, our rows beside the published ones (speedup vs CPU fp32 nn.Linear)."""
+    run_id = run_id or latest_run(timings)
+    ours = summary(timings[timings.run_id == run_id])
+    ours = ours[ours.beam_size == ours.beam_size.min()]
+    rows = []
+    for model in ours.model.unique():
+        mine = ours[ours.model == model].set_index(["method", "device"])
+        size = model.split(".")[0]
+        base = mine["wall_s"].get(("fp32-nn", "cpu"))
+        for method, device, shown, dtype, layer in ORIGINAL_ROWS:
+            if (method, device) in mine.index:
+                wall = mine.loc[(method, device), "wall_s"]
+                audio_s = mine.loc[(method, device), "audio_s"]
+                rows.append({"model": model, "source": "ours", "device": shown, "dtype": dtype, "linear_layer": layer,
+                             "inference_s": round(wall, 3), "speedup": _ratio(base, wall), "x_realtime": _ratio(audio_s, wall)})
+        pub = reference[reference.model == size]
+        pub_base = pub[(pub.device == "cpu") & (pub.dtype == "fp32")].inference_time_s
+        for r in pub.itertuples():
+            rows.append({"model": model, "source": "published", "device": r.device, "dtype": r.dtype,
+                         "linear_layer": r.linear_layer, "inference_s": r.inference_time_s,
+                         "speedup": _ratio(pub_base.iloc[0], r.inference_time_s) if r.device == "cpu" and len(pub_base) else None,
+                         "x_realtime": _ratio(r.audio_s, r.inference_time_s)})
+    return pd.DataFrame(rows)
+
+
+def _figure(width: float = 8, height: float = 4.5):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def plot_speedup(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None):
+    """qint8 over fp32 (nn.Linear) per model size: ours beside the published speedups."""
+    run_id = run_id or latest_run(timings)
+    table = compare(timings, reference, run_id)
+    sizes = list(dict.fromkeys(reference.model))
+    ours = {m.split(".")[0]: (m, s) for m, s in zip(table.model, table.qint8_speedup)}
+    published_ = {m.split(".")[0]: s for m, s in zip(table.model, table.published_qint8_speedup)}
+    pub_cpu = reference[reference.device == "cpu"]
+    for size in sizes:
+        times = pub_cpu[pub_cpu.model == size].set_index("dtype").inference_time_s
+        published_.setdefault(size, _ratio(times.get("fp32"), times.get("qint8")))
+    fig, ax = _figure()
+    x = range(len(sizes))
+    run = timings[timings.run_id == run_id]
+    mine = [ours.get(s, (None, None))[1] for s in sizes]
+    bars = ax.bar([i - 0.2 for i in x], [v or 0 for v in mine], 0.4, label=f"ours: {machine_label(run)}", color="tab:blue")
+    ax.bar([i + 0.2 for i in x], [published_.get(s) or 0 for s in sizes], 0.4, label=f"published: {PUBLISHED_CPU}", color="tab:gray")
+    for bar, value, size in zip(bars, mine, sizes):
+        label = f"{value:.2f}x" if value else "not measured\nhere"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, max(value or 0, 0.05)), ha="center", va="bottom", fontsize=8)
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.set_xticks(list(x), [ours.get(s, (s, None))[0] for s in sizes])
+    ax.set_ylabel("speedup of qint8 over fp32 (nn.Linear), x")
+    ax.set_xlabel("Whisper model (ours: tiny.en is the English-only tiny, same size)")
+    ax.set_title(f"Dynamic int8 speedup on the CPU (run {run_id})", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def plot_time_split(timings: pd.DataFrame, run_id: str | None = None):
+    """Where a 30 s window's time goes: encoder vs decoder per model x method, with the full transcribe beside."""
+    run_id = run_id or latest_run(timings)
+    table = summary(timings[(timings.run_id == run_id) & (timings.device == "cpu")])
+    labels = [f"{m}\n{k}" for m, k in zip(table.model, table.method)]
+    fig, ax = _figure(max(6, 1.1 * len(labels)), 4.5)
+    ax.bar(labels, table.encoder_s, label="encoder (one 30 s window)", color="tab:blue")
+    ax.bar(labels, table.decoder_s, bottom=table.encoder_s, label="decoder loop (same window)", color="tab:orange")
+    ax.scatter(labels, table.wall_s, marker="_", s=600, color="black", label="full transcribe (file to text)", zorder=3)
+    ax.set_ylabel("seconds (median over repeats)")
+    ax.set_ylim(0, 1.35 * max(table.wall_s.max(), (table.encoder_s + table.decoder_s).max()))
+    ax.set_title(f"Encoder vs decoder time\n{machine_label(timings[timings.run_id == run_id])}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The points no other point beats on both x and y (lower is better for both)."""
+    ordered = points.sort_values([x, y])
+    best, keep = float("inf"), []
+    for index, value in ordered[y].items():
+        if value < best:
+            keep.append(index)
+            best = value
+    return ordered.loc[keep]
+
+
+def speed_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, language: str = "en") -> pd.DataFrame:
+    """One row per model x method: seconds per 30 s of audio (this run) and corpus WER (latest scoring)."""
+    run_id = run_id or latest_run(timings)
+    table = summary(timings[(timings.run_id == run_id) & (timings.device == "cpu")])
+    table = table[table.beam_size == table.beam_size.min()]
+    table["s_per_30s"] = (table.wall_s * 30 / table.audio_s).round(3)
+    scores = accuracy[accuracy.language == language][["model", "method", "wer"]]
+    table = table.merge(scores, on=["model", "method"], how="inner")
+    table["wer_pct"] = (100 * table.wer).round(2)
+    return table[["model", "method", "system", "s_per_30s", "x_realtime", "wer_pct"]]
+
+
+def _labels(points: pd.DataFrame) -> dict[tuple, str]:
+    """One label per cluster of points that would overlap (same model and WER, time within 10%)."""
+    labels: dict[tuple, str] = {}
+    anchors: list[tuple] = []
+    for r in points.sort_values("s_per_30s").itertuples():
+        anchor = next((a for a in anchors if a[2] == r.model and a[1] == r.wer_pct and r.s_per_30s <= 1.1 * a[0]), None)
+        if anchor is None:
+            anchor = (r.s_per_30s, r.wer_pct, r.model)
+            anchors.append(anchor)
+            labels[anchor] = f"{r.model} {r.method}"
+        else:
+            labels[anchor] += f" / {r.method}"
+    return labels
+
+
+def plot_speed_vs_wer(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None):
+    """Speed against accuracy, one point per model x method, the Pareto front marked."""
+    points = speed_accuracy(timings, accuracy, run_id)
+    fig, ax = _figure()
+    for system, group in points.groupby("system"):
+        ax.scatter(group.s_per_30s, group.wer_pct, s=40, color=SYSTEM_COLORS.get(system, "tab:purple"), label=system, zorder=3)
+    for (x, y, _), label in _labels(points).items():
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = pareto_front(points, "s_per_30s", "wer_pct")
+    ax.step(front.s_per_30s, front.wer_pct, where="post", color="tab:red", lw=1, ls="--", label="Pareto front")
+    ax.set_xlabel("seconds to transcribe 30 s of audio (median; lower is faster)")
+    ax.set_ylabel("WER on the English clips, % (lower is better)")
+    run = timings[timings.run_id == (run_id or latest_run(timings))]
+    ax.set_title(f"Speed vs accuracy\n{machine_label(run)}", fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_thread_scaling(timings: pd.DataFrame):
+    """Median time against thread count, once runs at several thread counts exist (else None)."""
+    if "threads" not in timings or timings.threads.nunique() < 2:
+        return None
+    fig, ax = _figure()
+    table = timings.groupby(["model", "method", "threads"]).wall_s.median().reset_index()
+    for (model, method), group in table.groupby(["model", "method"]):
+        ax.plot(group.threads, group.wall_s, marker="o", label=f"{model} {method}")
+    ax.set_xlabel("threads")
+    ax.set_ylabel("seconds per transcribe (median)")
+    ax.set_title(f"Thread scaling, {machine_label(timings)}", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_memory(timings: pd.DataFrame):
+    """Peak resident memory per configuration, once it is measured (else None)."""
+    if "peak_rss_mb" not in timings or timings.peak_rss_mb.isna().all():
+        return None
+    table = timings.groupby(["model", "method"]).peak_rss_mb.max().reset_index()
+    fig, ax = _figure()
+    ax.bar([f"{m}\n{k}" for m, k in zip(table.model, table.method)], table.peak_rss_mb, color="tab:blue")
+    ax.set_ylabel("peak resident memory, MB")
+    ax.set_title(f"Memory, {machine_label(timings)}", fontsize=9)
+    return fig
+
+
+def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, folder: Path) -> list[Path]:
+    """Every figure that the results support, as PNG files; figures without data are skipped."""
+    figures = {
+        "speedup_vs_published": plot_speedup(timings, reference),
+        "time_split": plot_time_split(timings),
+        "speed_vs_wer": plot_speed_vs_wer(timings, accuracy) if len(accuracy) else None,
+        "thread_scaling": plot_thread_scaling(timings),
+        "memory": plot_memory(timings),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(folder / f"{name}.png")
+            written.append(folder / f"{name}.png")
+    return written
+
+
+def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame) -> str:
+    """The README's results section: speed, speedup and WER with its CI, beside the published speedup."""
+    run_id = latest_run(timings)
+    run = timings[timings.run_id == run_id]
+    table = with_wer(summary(run), accuracy)
+    published_ = compare(timings, reference, run_id).set_index("model")["published_qint8_speedup"]
+    table["published"] = [published_.get(m) if k == "qint8" else None for m, k in zip(table.model, table.method)]
+    nn_walls = table[table.method == "fp32-nn"].set_index("model").wall_s
+    table["vs_nn"] = [_ratio(nn_walls.get(m), w) for m, w in zip(table.model, table.wall_s)]
+    shown = pd.DataFrame({
+        "model": table.model, "method": table.method, "median s": table.wall_s.round(2),
+        "speedup vs fp32": table.speedup_vs_fp32, "speedup vs fp32-nn": table.vs_nn, "x real time": table.x_realtime,
+        "encoder s": table.encoder_s.round(3), "decoder s": table.decoder_s.round(3),
+        "WER %": table.wer_pct, "ΔWER vs fp32 [95% CI], points": table.wer_delta_ci,
+        "published speedup vs fp32 nn.Linear": table.published,
+    })
+    first = run.iloc[0]
+    header = (
+        f"Run `{run_id}` on {machine_label(run)}; torch {first['torch']}, openai-whisper {first['openai_whisper']}, "
+        f"commit {first.get('git_commit', '?')}, {first['timestamp'][:10]}. Input: {first['audio_id']} "
+        f"({first['audio_s']} s of real speech), {int(run.repeat.max()) + 1} repeats, medians; speedups within this run. "
+        "WER: all English clips of `audio/manifest.csv`, latest `make accuracy`."
+    )
+    return header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n"
+
+
+def update_readme(path: Path, markdown: str, start: str = "<!-- results:start -->", end: str = "<!-- results:end -->") -> None:
+    text = Path(path).read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise UserError(f"{path}: the markers {start} and {end} are missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    Path(path).write_text(f"{head}{start}\n{markdown}{end}{tail}", encoding="utf-8")
+
+
+def execute_notebook(path: Path, output: Path | None = None, timeout: int = 600) -> Path:
+    """Run a notebook headless (no Jupyter server) and store it with its outputs."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    output = Path(output or path)
+    write_atomic(output, nbformat.writes(notebook) + "\n")
+    return output

@@ -1,0 +1,89 @@
+import pandas as pd
+import pytest
+
+from whisper_cpu import UserError, report
+
+ENV = {"cpu": "Test CPU", "threads": 2, "physical_cores": 2, "isa": "avx2", "torch": "2.13.0", "openai_whisper": "20250625",
+       "git_commit": "abc", "timestamp": "2026-11-25T00:00:00+00:00", "system": "whisper_cpu", "device": "cpu",
+       "beam_size": 1, "audio_id": "w", "audio_s": 30.0, "load_s": 1.0, "window_tokens": 100, "contended": False}
+WALLS = {("tiny.en", "fp32"): 2.0, ("tiny.en", "fp32-nn"): 2.0, ("tiny.en", "qint8"): 2.5,
+         ("base", "fp32"): 4.0, ("base", "fp32-nn"): 4.0, ("base", "qint8"): 2.0}
+WERS = {("tiny.en", "fp32"): 0.08, ("tiny.en", "fp32-nn"): 0.08, ("tiny.en", "qint8"): 0.09,
+        ("base", "fp32"): 0.06, ("base", "fp32-nn"): 0.06, ("base", "qint8"): 0.07}
+
+
+@pytest.fixture
+def csvs(tmp_path):
+    timings = pd.DataFrame([
+        {"run_id": "r1", **ENV, "model": m, "method": k, "repeat": i, "wall_s": w * (1 + 0.1 * (i - 1)),
+         "encoder_s": w / 4, "decoder_s": w / 2}
+        for (m, k), w in WALLS.items() for i in range(3)
+    ])
+    accuracy = pd.DataFrame([
+        {"run_id": "a1", "model": m, "method": k, "language": "en", "beam_size": 1, "wer": w,
+         **({"wer_delta": w - WERS[(m, "fp32")], "ci_low": -0.01, "ci_high": 0.03} if k != "fp32" else {})}
+        for (m, k), w in WERS.items()
+    ])
+    timings.to_csv(tmp_path / "timings.csv", index=False)
+    accuracy.to_csv(tmp_path / "accuracy.csv", index=False)
+    return report.load_timings(tmp_path / "timings.csv"), report.latest_accuracy(tmp_path / "accuracy.csv")
+
+
+def test_original_table_puts_ours_beside_the_published_rows(csvs):
+    timings, _ = csvs
+    table = report.original_table(timings, report.published())
+    base = table[table.model == "base"].set_index(["source", "device", "dtype", "linear_layer"])
+    assert len(base) == 6
+    assert base.loc[("ours", "cpu", "qint8", "nn.Linear"), "speedup"] == 2.0
+    assert base.loc[("ours", "cpu", "qint8", "nn.Linear"), "x_realtime"] == 15.0
+    assert base.loc[("published", "cpu", "qint8", "nn.Linear"), "speedup"] == round(5.2 / 3.2, 2)
+    assert pd.isna(base.loc[("published", "gpu", "fp32", "Linear"), "speedup"])
+
+
+def test_figures_are_written_and_missing_measurements_are_skipped(csvs, tmp_path):
+    timings, accuracy = csvs
+    written = report.write_figures(timings, accuracy, report.published(), tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["speed_vs_wer.png", "speedup_vs_published.png", "time_split.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+    assert report.plot_thread_scaling(timings) is None and report.plot_memory(timings) is None
+    assert report.plot_thread_scaling(pd.concat([timings, timings.assign(threads=1)])) is not None
+
+
+def test_speedup_figure_names_both_machines(csvs):
+    timings, _ = csvs
+    ax = report.plot_speedup(timings, report.published()).axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("ours: Test CPU") and "Ryzen 5 5600X" in legend[1]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny.en", "base", "small", "medium"]
+    assert ax.get_ylabel() and ax.get_xlabel() and ax.get_title()
+
+
+def test_pareto_front_keeps_only_unbeaten_points():
+    points = pd.DataFrame({"x": [1.0, 2.0, 3.0, 1.5, 4.0], "y": [9.0, 5.0, 4.0, 9.5, 4.5]})
+    assert report.pareto_front(points, "x", "y").index.tolist() == [0, 1, 2]
+
+
+def test_speed_accuracy_joins_time_and_wer(csvs):
+    table = report.speed_accuracy(*csvs).set_index(["model", "method"])
+    assert table.loc[("base", "qint8"), "s_per_30s"] == 2.0 and table.loc[("base", "qint8"), "wer_pct"] == 7.0
+
+
+def test_readme_table_is_replaced_between_markers(csvs, tmp_path):
+    timings, accuracy = csvs
+    markdown = report.readme_table(timings, accuracy, report.published())
+    assert "Test CPU" in markdown and "| base" in markdown and "+1.00 [-1.00, +3.00]" in markdown
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    report.update_readme(readme, markdown)
+    report.update_readme(readme, markdown)
+    text = readme.read_text()
+    assert text.count("| base") == 3 and "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
+    readme.write_text("no markers")
+    with pytest.raises(UserError, match="markers"):
+        report.update_readme(readme, markdown)
+
+
+def test_overlapping_points_share_one_label():
+    points = pd.DataFrame({"model": ["a", "a", "a", "b"], "method": ["fp32", "fp32-nn", "qint8", "fp32"],
+                           "s_per_30s": [1.0, 1.05, 0.8, 1.0], "wer_pct": [6.0, 6.0, 7.0, 6.0]})
+    assert report._labels(points) == {(0.8, 7.0, "a"): "a qint8", (1.0, 6.0, "a"): "a fp32 / fp32-nn", (1.0, 6.0, "b"): "b fp32"}
