@@ -69,7 +69,7 @@ def test_two_clip_run_writes_records_and_scores(two_clip_run):
 def test_timings_show_wer_beside_speed(two_clip_run):
     opts, *_ = two_clip_run
     timings = pd.DataFrame([
-        {"run_id": "r", "model": "tiny.en", "method": m, "device": "cpu", "beam_size": 1, "audio_id": "w",
+        {"run_id": "r", "model": "tiny.en", "method": m, "device": "cpu", "beam_size": 1, "threads": 1, "audio_id": "w",
          "system": "whisper_cpu", "audio_s": 30.0, "load_s": 1.0, "wall_s": w, "encoder_s": 0.2, "decoder_s": 1.0,
          "window_tokens": 50, "contended": False}
         for m, w in (("fp32", 2.0), ("qint8", 1.0))

@@ -40,7 +40,7 @@ def fixture_timings():
     for method, walls in {"fp32": [2.0, 4.0, 3.0], "fp32-nn": [3.0, 3.0, 3.0], "qint8": [1.0, 1.5, 2.0]}.items():
         for repeat, wall in enumerate(walls):
             rows.append({
-                "run_id": "r1", "model": "base", "method": method, "device": "cpu", "beam_size": 1,
+                "run_id": "r1", "model": "base", "method": method, "device": "cpu", "beam_size": 1, "threads": 2,
                 "audio_id": "w", "system": "whisper_cpu", "audio_s": 30.0, "load_s": 1.0, "wall_s": wall,
                 "encoder_s": 0.5, "decoder_s": 1.0, "window_tokens": 100, "contended": False, "repeat": repeat,
             })
@@ -64,3 +64,22 @@ def test_compare_puts_ours_beside_the_published_speedup():
 
 def test_default_threads_never_oversubscribe():
     assert results.default_threads() <= results.physical_cores()
+
+
+def test_methods_that_cannot_run_here_are_skipped_with_a_note(monkeypatch):
+    from whisper_cpu import methods
+
+    monkeypatch.setitem(methods.REGISTRY, "bf16", methods.REGISTRY["bf16"].__class__(
+        **{**vars(methods.REGISTRY["bf16"]), "unavailable": lambda: "needs a CPU with avx512_bf16 or amx_bf16"}))
+    pairs, notes = bench.plan(bench.Options(models=("tiny.en",), methods=("fp32", "bf16")))
+    assert ("tiny.en", "fp32") in pairs and ("tiny.en", "bf16") not in pairs
+    assert "note: bf16 skipped: needs a CPU with avx512_bf16 or amx_bf16" in notes
+
+
+def test_memory_is_measured_in_a_fresh_process(tmp_path, clips, mirror):
+    clip = audio.file_input(audio.locate(clips["deepspeech_LDC93S1"]))
+    output = tmp_path / "memory.csv"
+    bench.measure_memory(bench.Options(models=("tiny.en",), methods=("fp32", "qint8"), threads=1), clip, "r1", output)
+    rows = pd.read_csv(output).set_index("method")
+    assert rows.loc["fp32", "peak_rss_mb"] > rows.loc["fp32", "model_rss_mb"] > 100
+    assert rows.loc["qint8", "weights_disk_mb"] == rows.loc["fp32", "weights_disk_mb"] > 50

@@ -62,3 +62,36 @@ def test_registry_rejects_unknown_methods():
     assert set(methods.REGISTRY) >= {"fp32", "fp32-nn", "qint8"}
     with pytest.raises(UserError, match="unknown method 'int3'"):
         methods.get("int3")
+
+
+def test_vocab_projection_as_a_module_changes_nothing_in_fp32(tiny):
+    torch.manual_seed(0)
+    mel, tokens = torch.randn(1, 80, 3000), torch.tensor([[50257, 50362, 440, 1049]])
+    before = forward(tiny, mel, tokens)
+    after = forward(methods.with_vocab_projection(copy.deepcopy(tiny), lambda m: m), mel, tokens)
+    assert torch.allclose(after, before, atol=1e-4)
+
+
+def test_qint8_logits_also_quantizes_the_vocabulary_projection(tiny):
+    model = methods.get("qint8-logits").prepare(copy.deepcopy(tiny))
+    projection = model.decoder.vocab_projection
+    assert isinstance(projection, torch.ao.nn.quantized.dynamic.Linear) and projection.out_features == 51864
+    assert model.decoder.token_embedding.weight.dtype == torch.float32  # the embedding lookup stays exact
+
+
+@pytest.mark.parametrize("name", ["qint8-logits", "bf16", "faster-whisper-fp32", "faster-whisper-int8"])
+def test_every_method_transcribes_real_speech(name, clips, mirror):
+    method = methods.get(name)
+    if method.unavailable():
+        pytest.skip(method.unavailable())
+    runner = method.load("tiny.en", 1)
+    result = runner.transcribe(audio.locate(clips["whisper_jfk"]), "en", None)
+    assert "ask not what your country can do for you" in result["text"].lower() and result["tokens"] > 10
+    encoder_s, decoder_s, tokens = runner.split_times(audio.load(audio.locate(clips["whisper_jfk"])), "en", None)
+    assert encoder_s > 0 and decoder_s > 0 and tokens > 10
+    assert all(p.exists() for p in runner.weights)
+
+
+def test_peers_are_registry_entries_with_their_system():
+    systems = {m.system for m in methods.REGISTRY.values()}
+    assert {"whisper_cpu", "faster-whisper"} <= systems

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
-from . import UserError, audio, bench, methods, models, results
+from . import UserError, audio, methods, models, results
 
 CHARACTER_LANGUAGES = {"ja", "ko", "zh", "th", "lo", "my", "km"}
 _ENGLISH, _BASIC = EnglishTextNormalizer(), BasicTextNormalizer()
@@ -65,15 +65,15 @@ class Options:
     transcripts: Path = results.TRANSCRIPTS
 
 
-def transcribe_clips(model_name: str, method_name: str, clips: list, opts: Options, run_id: str, bar) -> list[dict]:
+def transcribe_clips(model_name: str, method_name: str, clips: list, opts: Options, threads: int, run_id: str, bar) -> list[dict]:
     """One record per utterance, as the Open ASR Leaderboard keeps them."""
-    model = methods.get(method_name).prepare(models.load_model(model_name))
+    runner = methods.get(method_name).load(model_name, threads)
     shortest = min(clips, key=lambda item: item[0].duration_s)
-    bench.transcribe(model, shortest[1], shortest[0].language, opts.beam_size)  # warm-up, so RTFx is steady-state
+    runner.transcribe(shortest[1], shortest[0].language, opts.beam_size)  # warm-up, so RTFx is steady-state
     records = []
     for clip, path in clips:
         start = time.perf_counter()
-        text = bench.transcribe(model, path, clip.language, opts.beam_size)["text"].strip()
+        text = runner.transcribe(path, clip.language, opts.beam_size)["text"]
         records.append({
             "run_id": run_id, "model": model_name, "method": method_name, "audio_id": clip.id,
             "language": clip.language, "duration_s": clip.duration_s, "seconds": round(time.perf_counter() - start, 4),
@@ -133,7 +133,7 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
     bar = tqdm(total=sum(len(p) for *_, p in todo), desc=f"accuracy {run_id}", unit="clip")
     for model_name, method_name, pending in todo:
         bar.set_postfix_str(f"{model_name} {method_name}")
-        results.append_jsonl(transcripts, transcribe_clips(model_name, method_name, pending, opts, run_id, bar))
+        results.append_jsonl(transcripts, transcribe_clips(model_name, method_name, pending, opts, threads, run_id, bar))
     bar.close()
     env = results.environment(threads)
     rows = [{"run_id": run_id, "timestamp": results.now(), **env, "beam_size": opts.beam_size or 1, **row}

@@ -199,6 +199,19 @@ def window(seconds: float = 30.0, manifest: Path = MANIFEST) -> Input:
     return Input("espeak-fallback", target, len(load(target)) / SAMPLE_RATE, "en", SYNTH_TEXT, real=False)
 
 
+def longform(manifest: Path = MANIFEST) -> Input:
+    """A multi-minute recording: every English clip of the mirror, whole, in manifest order."""
+    found = [(c, p) for c, p in available(read_manifest(manifest)) if c.language == "en"]
+    if not found:
+        raise UserError("no English real-speech clips here for the long-form input (set AUDIO_MIRROR)")
+    seconds = sum(c.duration_s for c, _ in found)
+    target = CACHE / f"longform-en-{int(seconds)}s.wav"
+    if not target.exists():
+        write_wav(target, np.concatenate([load(p) for _, p in found]))
+    reference = " ".join(c.reference for c, _ in found)
+    return Input(target.stem, target, len(load(target)) / SAMPLE_RATE, "en", reference)
+
+
 def file_input(path: Path, language: str = "en", reference: str = "") -> Input:
     samples = load(path)
     return Input(Path(path).stem, Path(path), len(samples) / SAMPLE_RATE, language, reference)

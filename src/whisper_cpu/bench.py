@@ -6,16 +6,19 @@ the per-token decoder loop is visible. Other processes' CPU time during each rep
 repeats taken under contention are rerun, and what was seen is recorded in the row.
 """
 
+import json
 import os
+import resource
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import whisper
 from tqdm import tqdm
 
-from . import audio, methods, models, results
+from . import audio, methods, results
 
 CONTENDED = 0.10  # share of the machine's CPU time used by others above which a repeat is rerun
 
@@ -61,56 +64,36 @@ class Options:
     threads: int = field(default_factory=results.default_threads)
     retries: int = 3
     output: Path = results.TIMINGS
+    warmup: bool = True
 
 
-def language_for(model, clip_language: str) -> str:
-    return clip_language if model.is_multilingual else "en"
+def language_for(runner, clip_language: str) -> str:
+    return clip_language if runner.multilingual else "en"
 
 
-def transcribe(model, path: Path, language: str, beam_size: int | None) -> dict:
-    """What a user runs: decode the file, then openai-whisper's transcribe, greedy or beam, no fallback."""
-    samples = audio.load(path)
-    return model.transcribe(
-        samples, language=language, temperature=0.0, beam_size=beam_size,
-        condition_on_previous_text=False, fp16=False, verbose=None,
-    )
-
-
-def split_times(model, samples, language: str, beam_size: int | None) -> tuple[float, float, int]:
-    """Encoder and decoder timed alone on the first 30 s window: (encoder_s, decoder_s, tokens)."""
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), model.dims.n_mels)[None].to(model.device)
-    options = whisper.DecodingOptions(language=language, temperature=0.0, beam_size=beam_size, fp16=False)
-    with torch.inference_mode():
-        start = time.perf_counter()
-        features = model.embed_audio(mel)
-        _sync(model)
-        encoder_s = time.perf_counter() - start
-        start = time.perf_counter()
-        decoded = whisper.decode(model, features, options)
-        _sync(model)
-    return encoder_s, time.perf_counter() - start, len(decoded[0].tokens)
-
-
-def _sync(model) -> None:
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def plan(opts: Options) -> list[tuple[str, str, str]]:
-    """(model, method, device) triples; the original's GPU fp32 column only where CUDA exists."""
-    for name in opts.methods:
-        methods.get(name)
-    triples = [(m, name, "cpu") for m in opts.models for name in opts.methods]
-    if torch.cuda.is_available():
-        triples += [(m, "fp32", "cuda") for m in opts.models]
-    return triples
+def plan(opts: Options) -> tuple[list[tuple[str, str]], list[str]]:
+    """(model, method) pairs that can run here, and a note for each method that cannot."""
+    names = [methods.get(name).name for name in opts.methods]
+    if "fp32" in names and "fp32-gpu" not in names:
+        names.append("fp32-gpu")  # the original's GPU column, wherever CUDA exists
+    notes = []
+    for name in list(names):
+        method = methods.get(name)
+        reason = "CUDA is not available" if method.device == "cuda" and not torch.cuda.is_available() else method.unavailable()
+        if reason:
+            names.remove(name)
+            if name in opts.methods or method.device == "cpu":
+                notes.append(f"note: {name} skipped: {reason}")
+            else:
+                notes.append("note: CUDA is not available, so the original's GPU fp32 column is skipped")
+    return [(m, name) for m in opts.models for name in names], notes
 
 
 def _done(output: Path, run_id: str) -> dict[tuple, int]:
     counts: dict[tuple, int] = {}
     for row in results.read_rows(output):
         if row["run_id"] == run_id:
-            key = (row["model"], row["method"], row["device"], row["audio_id"])
+            key = (row["model"], row["method"], row["audio_id"], int(row["threads"]), int(row["beam_size"]))
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -120,44 +103,104 @@ def run(opts: Options, clip: audio.Input, run_id: str | None = None, log=print) 
     run_id = run_id or results.new_run_id()
     torch.set_num_threads(opts.threads)
     env = results.environment(opts.threads)
-    triples = plan(opts)
-    if not torch.cuda.is_available():
-        log("note: CUDA is not available, so the original's GPU fp32 column is skipped")
+    pairs, notes = plan(opts)
+    for note in notes:
+        log(note)
     if not clip.real:
         log(f"note: no real speech here; timing the synthesized clip {clip.id} instead")
     done = _done(opts.output, run_id)
     samples = audio.load(clip.path)
-    bar = tqdm(total=len(triples) * opts.repeats, desc=f"bench {run_id}", unit="run")
-    for model_name, method_name, device in triples:
-        finished = done.get((model_name, method_name, device, clip.id), 0)
+    bar = tqdm(total=len(pairs) * opts.repeats, desc=f"bench {run_id}", unit="run")
+    for model_name, method_name in pairs:
+        method = methods.get(method_name)
+        finished = done.get((model_name, method_name, clip.id, opts.threads, opts.beam_size or 1), 0)
         bar.update(finished)
         if finished >= opts.repeats:
             continue
-        bar.set_postfix_str(f"{model_name} {method_name} {device}")
+        bar.set_postfix_str(f"{model_name} {method_name}")
         start = time.perf_counter()
-        model = methods.get(method_name).prepare(models.load_model(model_name)).to(device)
+        runner = method.load(model_name, opts.threads)
         load_s = time.perf_counter() - start
-        language = language_for(model, clip.language)
-        transcribe(model, clip.path, language, opts.beam_size)  # warm-up
+        language = language_for(runner, clip.language)
+        if opts.warmup:
+            runner.transcribe(clip.path, language, opts.beam_size)
         for repeat in range(finished, opts.repeats):
             for attempt in range(1, opts.retries + 2):
                 with Probe() as probe:
-                    result = transcribe(model, clip.path, language, opts.beam_size)
+                    result = runner.transcribe(clip.path, language, opts.beam_size)
                 if not probe.contended():
                     break
-            encoder_s, decoder_s, window_tokens = split_times(model, samples, language, opts.beam_size)
+            encoder_s, decoder_s, window_tokens = runner.split_times(samples, language, opts.beam_size)
             row = {
                 "run_id": run_id, "timestamp": results.now(), **env,
-                "system": methods.get(method_name).system, "model": model_name, "method": method_name,
-                "device": device, "beam_size": opts.beam_size or 1, "audio_id": clip.id,
+                "system": method.system, "model": model_name, "method": method_name,
+                "device": method.device, "beam_size": opts.beam_size or 1, "audio_id": clip.id,
                 "audio_s": round(clip.duration_s, 3), "repeat": repeat, "load_s": round(load_s, 4),
                 "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
-                "window_tokens": window_tokens, "tokens": sum(len(s["tokens"]) for s in result["segments"]),
+                "window_tokens": window_tokens, "tokens": result["tokens"],
                 "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt,
-                "transcript": result["text"].strip(),
+                "transcript": result["text"],
             }
             results.append_rows(opts.output, [row])
             bar.update(1)
-        del model
+        del runner
     bar.close()
+    return run_id
+
+
+def _rss_mb() -> float:
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str) -> dict:
+    """Meant for a fresh process: resident memory before and after loading, and the peak over one transcribe."""
+    torch.set_num_threads(threads)
+    start = _rss_mb()
+    runner = methods.get(method_name).load(model_name, threads)
+    loaded = _rss_mb()
+    runner.transcribe(path, language_for(runner, language), None)
+    return {
+        "rss_start_mb": round(start, 1), "model_rss_mb": round(loaded - start, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "weights_disk_mb": round(sum(Path(p).stat().st_size for p in runner.weights) / 2**20, 1),
+    }
+
+
+def measure_memory(opts: Options, clip: audio.Input, run_id: str, output: Path) -> None:
+    """Peak memory per configuration, each in its own process so one model's memory never hides another's."""
+    pairs, _ = plan(opts)
+    env = results.environment(opts.threads)
+    done = {(r["model"], r["method"]) for r in results.read_rows(output) if r["run_id"] == run_id}
+    for model_name, method_name in tqdm([p for p in pairs if p not in done], desc="memory", unit="config"):
+        done = subprocess.run(
+            [sys.executable, "-m", "whisper_cpu", "memory-probe", model_name, method_name, str(clip.path),
+             "--threads", str(opts.threads), "--language", clip.language],
+            capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            tqdm.write(f"note: memory of {model_name} {method_name} not measured: {done.stderr.strip().splitlines()[-1:]}")
+            continue
+        row = {"run_id": run_id, "timestamp": results.now(), **env, "model": model_name, "method": method_name,
+               "system": methods.get(method_name).system, "audio_id": clip.id, **json.loads(done.stdout.splitlines()[-1])}
+        results.append_rows(output, [row])
+
+
+SCALING = ("fp32", "qint8", "faster-whisper-fp32", "faster-whisper-int8")  # the configurations also run at every thread count and long-form
+
+
+def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
+    """The full matrix in one run_id: the 30 s window, thread scaling, long-form, memory and accuracy."""
+    from . import accuracy
+
+    run_id = run_id or results.new_run_id()
+    window = audio.window()
+    run(opts, window, run_id, log)
+    main = tuple(m for m in opts.methods if m in SCALING)
+    for threads in range(1, opts.threads):
+        run(Options(opts.models, main, repeats=3, threads=threads, beam_size=opts.beam_size, output=opts.output), window, run_id, log)
+    longform = audio.longform()
+    run(Options(opts.models, main, repeats=1, threads=opts.threads, beam_size=opts.beam_size, output=opts.output, warmup=False), longform, run_id, log)
+    measure_memory(opts, window, run_id, results.MEMORY)
+    accuracy.run(accuracy.Options(models=opts.models, methods=opts.methods, beam_size=opts.beam_size, threads=opts.threads), run_id, log)
     return run_id

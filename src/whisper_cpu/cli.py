@@ -1,6 +1,7 @@
 """Command line: `python -m whisper_cpu` / `whisper-cpu`. Problems a user can fix end in one line and exit 2."""
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -30,10 +31,15 @@ def cmd_bench(args) -> None:
     bench.plan(opts)  # unknown methods fail before anything loads
     for name in opts.models:
         models.checkpoint_path(name)
-    clip = _input(args)
-    print(f"input: {clip.id} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'}); threads: {opts.threads}")
-    run_id = bench.run(opts, clip, run_id=args.resume)
-    table = report.with_wer(report.summary(results_frame(opts.output, run_id)), report.latest_accuracy(results.ACCURACY))
+    if args.all:
+        run_id = bench.run_all(opts, run_id=args.resume)
+    else:
+        clip = _input(args)
+        print(f"input: {clip.id} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'}); threads: {opts.threads}")
+        run_id = bench.run(opts, clip, run_id=args.resume)
+    timings = results_frame(opts.output, run_id)
+    timings = timings[timings.audio_id == timings.audio_id.iloc[0]]
+    table = report.with_wer(report.summary(timings), report.latest_accuracy(results.ACCURACY))
     columns = ["model", "method", "device", "repeats", "wall_s", "speedup_vs_fp32", "x_realtime", "encoder_s",
                "decoder_s", "decoder_ms_per_token", "load_s", "contended", "wer_pct", "wer_delta_ci"]
     print(f"\nrun {run_id}: medians over repeats, speedup against fp32 of this run ({opts.output});")
@@ -86,6 +92,10 @@ def cmd_report(args) -> None:
         print(f"executed: notebooks/{notebook.name}")
 
 
+def cmd_memory_probe(args) -> None:
+    print(json.dumps(bench.memory_probe(args.model, args.method, args.threads, args.audio, args.language)))
+
+
 def cmd_models(args) -> None:
     for name in args.names:
         path = models.checkpoint_path(name)
@@ -120,7 +130,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--language", default="en")
     b.add_argument("--output", type=Path, default=results.TIMINGS)
     b.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run instead of starting a new one")
+    b.add_argument("--all", action="store_true", help="the full matrix: window, thread scaling, long-form, memory, accuracy")
     b.set_defaults(func=cmd_bench)
+
+    p_ = sub.add_parser("memory-probe", help=argparse.SUPPRESS)
+    p_.add_argument("model")
+    p_.add_argument("method")
+    p_.add_argument("audio", type=Path)
+    p_.add_argument("--threads", type=int, default=1)
+    p_.add_argument("--language", default="en")
+    p_.set_defaults(func=cmd_memory_probe)
 
     c = sub.add_parser("compare", help="our speedups beside the published ones")
     c.add_argument("--timings", type=Path, default=results.TIMINGS)

@@ -11,7 +11,7 @@ PUBLISHED = RESULTS / "published.csv"
 FIGURES = RESULTS / "figures"
 NOTEBOOKS = RESULTS.parent / "notebooks"
 README = RESULTS.parent / "README.md"
-KEYS = ["run_id", "model", "method", "device", "beam_size", "audio_id"]
+KEYS = ["run_id", "model", "method", "device", "beam_size", "threads", "audio_id"]
 
 
 def load_timings(path: Path) -> pd.DataFrame:
@@ -36,8 +36,9 @@ def summary(timings: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
-    base = table[(table.method == "fp32") & (table.device == "cpu")].set_index(["run_id", "model", "beam_size", "audio_id"])
-    fp32 = table.set_index(["run_id", "model", "beam_size", "audio_id"]).index.map(base["wall_s"].to_dict())
+    same = ["run_id", "model", "beam_size", "threads", "audio_id"]
+    base = table[(table.method == "fp32") & (table.device == "cpu")].set_index(same)
+    fp32 = table.set_index(same).index.map(base["wall_s"].to_dict())
     table["speedup_vs_fp32"] = (pd.Series(fp32, index=table.index, dtype=float) / table.wall_s).round(2)
     table["x_realtime"] = (table.audio_s / table.wall_s).round(2)
     table["decoder_ms_per_token"] = (1000 * table.decoder_s / table.window_tokens).round(2)

@@ -23,6 +23,7 @@ from . import ROOT
 RESULTS = ROOT / "results"
 TIMINGS = RESULTS / "timings.csv"
 ACCURACY = RESULTS / "accuracy.csv"
+MEMORY = RESULTS / "memory.csv"
 TRANSCRIPTS = RESULTS / "transcripts"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
