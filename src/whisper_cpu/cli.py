@@ -83,7 +83,7 @@ def cmd_accuracy(args) -> None:
 
 def cmd_report(args) -> None:
     timings, scores, reference = report.load_timings(args.timings), report.latest_accuracy(args.accuracy), report.published()
-    for path in report.write_figures(timings, scores, reference, report.FIGURES):
+    for path in report.write_figures(timings, scores, reference, report.FIGURES, report.load_memory(results.MEMORY)):
         print(f"figure: {path.relative_to(report.FIGURES.parent.parent)}")
     report.update_readme(report.README, report.readme_table(timings, scores, reference))
     print("README.md: results table regenerated")

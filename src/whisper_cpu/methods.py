@@ -95,33 +95,46 @@ def _projected_forward(self: TextDecoder, x, xa, kv_cache=None):
     x = x.to(xa.dtype)
     for block in self.blocks:
         x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
-    return self.vocab_projection(self.ln(x)).float()
+    return self.vocab_projection(self.ln(x))[..., : self.token_embedding.num_embeddings].float()
 
 
-def with_vocab_projection(model: Whisper, transform: Callable[[Whisper], Whisper]) -> Whisper:
+def with_vocab_projection(model: Whisper, transform: Callable[[Whisper], Whisper], multiple: int = 1) -> Whisper:
     """Expose `x @ token_embedding.weight.T` (per token the largest matrix product) as an nn.Linear, transform.
 
     openai-whisper computes the logits with a bare matmul, so module-based quantization leaves it in fp32;
-    for tiny and base it is most of the decoder's arithmetic per token.
+    for tiny and base it is most of the decoder's arithmetic per token. Kernels that need the output size to
+    be a multiple of some block get zero rows appended, and the forward drops their logits again.
     """
     decoder = to_nn_linear(model).decoder
-    decoder.vocab_projection = nn.Linear(decoder.token_embedding.embedding_dim, decoder.token_embedding.num_embeddings, bias=False)
-    decoder.vocab_projection.weight = decoder.token_embedding.weight
+    weight = decoder.token_embedding.weight
+    rows = -(-weight.shape[0] // multiple) * multiple
+    decoder.vocab_projection = nn.Linear(weight.shape[1], rows, bias=False)
+    if rows == weight.shape[0]:
+        decoder.vocab_projection.weight = weight
+    else:
+        decoder.vocab_projection.weight = nn.Parameter(F.pad(weight.detach(), (0, 0, 0, rows - weight.shape[0])), requires_grad=False)
     model = transform(model)
     model.decoder.forward = types.MethodType(_projected_forward, model.decoder)
     return model
 
 
-class BF16Linear(nn.Module):
-    """A Linear with bfloat16 weights: inputs cast down, outputs back up, so the rest stays float32."""
+class CastLinear(nn.Module):
+    """An nn.Linear kept in a lower dtype: inputs cast down, outputs back up, so the rest stays float32.
 
-    def __init__(self, linear: nn.Linear):
+    The inner layer is a plain nn.Linear, so weight quantizers that need bfloat16 activations can replace it.
+    """
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        self.inner = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=dtype)
+        with torch.no_grad():
+            self.inner.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                self.inner.bias.copy_(linear.bias)
+        self.inner.requires_grad_(False)
 
     def forward(self, x):
-        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+        return self.inner(x.to(self.inner.weight.dtype)).to(x.dtype)
 
 
 def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
@@ -129,6 +142,52 @@ def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) ->
         for name, child in module.named_children():
             if type(child) is nn.Linear:
                 setattr(module, name, make(child))
+    return model
+
+
+def torchao_quantize(model: Whisper, config) -> Whisper:
+    """torchao's quantize_ on every nn.Linear (the vocabulary projection included)."""
+    from torchao.quantization import quantize_
+
+    quantize_(model, config)
+    return model
+
+
+def torchao_config(name: str):
+    import logging
+
+    for noisy in ("torchao", "torch.utils._pytree"):  # CUDA-only extensions that fail to load on a CPU build
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import torchao.quantization as q
+
+    if name == "int4wo":
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+        return PrototypeInt4WeightOnlyConfig(group_size=128)  # the CPU packing (Int4OpaqueTensor), bf16 activations
+    return {"int8dq": q.Int8DynamicActivationInt8WeightConfig, "int8wo": q.Int8WeightOnlyConfig}[name]()
+
+
+def torchao_method(config: str, compile: bool = False) -> Callable[[Whisper], Whisper]:
+    def prepare(model: Whisper) -> Whisper:
+        if config == "int4wo":
+            model = with_vocab_projection(model, lambda m: torchao_quantize(replace_linears(m, CastLinear), torchao_config(config)), multiple=16)
+        else:
+            model = with_vocab_projection(model, lambda m: torchao_quantize(m, torchao_config(config)))
+        return compiled(model) if compile else model
+
+    return prepare
+
+
+def compiled(model: Whisper) -> Whisper:
+    """torch.compile of the encoder and the whole decoder (kv-cache hooks trace without graph breaks).
+
+    Dynamo keys its caches on TextDecoder.forward's code, not on the model, so each compiled model starts
+    from a reset; the first transcribe (the benchmark's warm-up) pays the compile time.
+    """
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = 32
+    model.encoder = torch.compile(model.encoder)
+    model.decoder = torch.compile(model.decoder)
     return model
 
 
@@ -166,12 +225,25 @@ REGISTRY = {
         torch_method("qint8-logits", "qint8 plus the vocabulary projection, which the original left in fp32",
                      lambda model: with_vocab_projection(model, quantize_qint8)),
         torch_method("bf16", "bfloat16 weights and matrix products for every Linear and the vocabulary projection",
-                     lambda model: with_vocab_projection(model, lambda m: replace_linears(m, BF16Linear)),
+                     lambda model: with_vocab_projection(model, lambda m: replace_linears(m, CastLinear)),
                      unavailable=lambda: cpu_has("avx512_bf16", "amx_bf16")),
+        torch_method("torchao-int8dq", "torchao int8 dynamic activations + int8 per-row weights, eager", torchao_method("int8dq")),
+        torch_method("torchao-int8dq-compile", "torchao int8 dynamic activations + int8 weights, encoder and decoder torch.compiled",
+                     torchao_method("int8dq", compile=True)),
+        torch_method("torchao-int8wo", "torchao int8 weight-only, eager (compile matches only bf16 activations, so it gains nothing)",
+                     torchao_method("int8wo")),
+        torch_method("torchao-int4wo", "torchao int4 weight-only, groups of 128, CPU packing, bfloat16 activations",
+                     torchao_method("int4wo"), unavailable=lambda: cpu_has("avx512_bf16", "amx_bf16")),
         Method("faster-whisper-fp32", "faster-whisper (CTranslate2) compute_type float32, same weights",
                lambda model, threads: peers.FasterWhisperRunner(model, "float32", threads), system="faster-whisper"),
         Method("faster-whisper-int8", "faster-whisper (CTranslate2) compute_type int8, same weights",
                lambda model, threads: peers.FasterWhisperRunner(model, "int8", threads), system="faster-whisper"),
+        *(
+            Method(f"whisper.cpp-{ftype}", f"whisper.cpp (pywhispercpp built natively), ggml {ftype} written from the same checkpoint",
+                   lambda model, threads, ftype=ftype: peers.WhisperCppRunner(model, ftype, threads), system="whisper.cpp",
+                   unavailable=peers.whispercpp_missing)
+            for ftype in ("f16", "q8_0", "q5_0")
+        ),
         torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model, "cuda"),
     ]
 }

@@ -6,6 +6,7 @@ or the same beam width, temperature 0 with no fallback, no VAD, no conditioning 
 on, and the segment generator is consumed inside the timed region.
 """
 
+import re
 import time
 from pathlib import Path
 
@@ -53,3 +54,61 @@ class FasterWhisperRunner:
         start = time.perf_counter()
         (result,) = self.model.model.generate(encoded, [list(tokenizer.sot_sequence)], beam_size=beam_size or 1, max_length=448, suppress_blank=True, suppress_tokens=[-1])
         return encoder_s, time.perf_counter() - start, len(result.sequences_ids[0])
+
+
+def whispercpp_missing() -> str | None:
+    """Why whisper.cpp cannot run here, if it cannot (make whispercpp builds it)."""
+    try:
+        import _pywhispercpp  # noqa: F401
+    except ImportError as error:
+        return f"pywhispercpp is not installed or does not load ({error}): run `make whispercpp`"
+    return None
+
+
+class WhisperCppRunner:
+    """whisper.cpp (through pywhispercpp, compiled natively) on ggml files our code writes from the same checkpoint."""
+
+    def __init__(self, name: str, ftype: str, threads: int):
+        from . import ggml
+
+        self.path, self.threads = ggml.model_file(name, ftype), threads
+        self.weights = [self.path]
+        self.multilingual = models.dims(name).n_vocab >= 51865
+        self._models = {None: self._load(None)}
+
+    def _load(self, beam_size: int | None):
+        from pywhispercpp.model import Model
+
+        search = {"params_sampling_strategy": 1, "beam_search": {"beam_size": beam_size, "patience": -1.0}} if beam_size else {}
+        return Model(str(self.path), n_threads=self.threads, temperature=0.0, temperature_inc=0.0, no_context=True,
+                     print_progress=False, print_realtime=False, redirect_whispercpp_logs_to=None, **search)
+
+    def _model(self, beam_size: int | None):
+        if beam_size not in self._models:
+            self._models[beam_size] = self._load(beam_size)
+        return self._models[beam_size]
+
+    def transcribe(self, path, language: str, beam_size: int | None) -> dict:
+        import _pywhispercpp as pw
+
+        model = self._model(beam_size)
+        segments = model.transcribe(audio.load(path), language=language)
+        tokens = sum(pw.whisper_full_n_tokens(model._ctx, i) for i in range(len(segments)))
+        return {"text": "".join(s.text for s in segments).strip(), "tokens": tokens}
+
+    def split_times(self, samples, language: str, beam_size: int | None) -> tuple[float, float, int]:
+        """whisper.cpp's own timings of one 30 s window: encode, and decode + batched decode + prompt."""
+        import _pywhispercpp as pw
+
+        model = self._model(beam_size)
+        pw.whisper_reset_timings(model._ctx)
+        model.transcribe(samples[: audio.SAMPLE_RATE * 30], language=language)
+        lines: list[str] = []
+        pw.whisper_log_set(lambda level, text: lines.append(text))
+        try:
+            pw.whisper_print_timings(model._ctx)
+        finally:
+            pw.whisper_log_set(None)  # a Python callback left set aborts the interpreter at exit
+        found = {k: (float(ms), int(runs or 0)) for k, ms, runs in re.findall(r"(\w+) time = +([\d.]+) ms(?: / +(\d+) runs)?", "".join(lines))}
+        decoder = [found.get(k, (0.0, 0)) for k in ("decode", "batchd", "prompt")]
+        return found["encode"][0] / 1000, sum(ms for ms, _ in decoder) / 1000, found.get("decode", (0, 0))[1] + found.get("batchd", (0, 0))[1]

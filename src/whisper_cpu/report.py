@@ -59,9 +59,7 @@ def with_wer(table: pd.DataFrame, accuracy: pd.DataFrame, language: str = "en") 
     for column in ("wer_delta", "ci_low", "ci_high"):
         if column not in scores:
             scores[column] = float("nan")
-    scores["wer_delta_ci"] = [
-        f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]" if pd.notna(d) else "" for d, lo, hi in zip(scores.wer_delta, scores.ci_low, scores.ci_high)
-    ]
+    scores["wer_delta_ci"] = [_delta_ci(d, lo, hi) for d, lo, hi in zip(scores.wer_delta, scores.ci_low, scores.ci_high)]
     scores["wer_pct"] = (100 * scores.wer).round(2)
     keys = ["model", "method"] + (["beam_size"] if "beam_size" in scores and "beam_size" in table else [])
     return table.merge(scores[keys + ["wer_pct", "wer_delta_ci"]], on=keys, how="left")
@@ -218,10 +216,23 @@ def speed_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | 
     table = summary(timings[(timings.run_id == run_id) & (timings.device == "cpu")])
     table = table[table.beam_size == table.beam_size.min()]
     table["s_per_30s"] = (table.wall_s * 30 / table.audio_s).round(3)
-    scores = accuracy[accuracy.language == language][["model", "method", "wer"]]
+    scores = accuracy[accuracy.language == language].reindex(columns=["model", "method", "wer", "wer_delta", "ci_low", "ci_high"])
     table = table.merge(scores, on=["model", "method"], how="inner")
     table["wer_pct"] = (100 * table.wer).round(2)
-    return table[["model", "method", "system", "s_per_30s", "x_realtime", "wer_pct"]]
+    return table[["model", "method", "system", "s_per_30s", "x_realtime", "speedup_vs_fp32", "wer_pct", "wer_delta", "ci_low", "ci_high"]]
+
+
+def fastest_at_equal_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """Per model and system, the fastest configuration not measurably less accurate than fp32 (CI reaches 0)."""
+    points = speed_accuracy(timings, accuracy, run_id)
+    equal = points[(points.method == "fp32") | (points.ci_low <= 0)]
+    best = equal.loc[equal.groupby(["model", "system"]).s_per_30s.idxmin()].sort_values(["model", "s_per_30s"])
+    best["delta_ci"] = [_delta_ci(d, lo, hi) for d, lo, hi in zip(best.wer_delta, best.ci_low, best.ci_high)]
+    return best[["model", "system", "method", "s_per_30s", "x_realtime", "speedup_vs_fp32", "wer_pct", "delta_ci"]]
+
+
+def _delta_ci(delta, low, high) -> str:
+    return f"{100 * delta:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]" if pd.notna(delta) else ""
 
 
 def _labels(points: pd.DataFrame) -> dict[tuple, str]:
@@ -257,41 +268,53 @@ def plot_speed_vs_wer(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str
     return fig
 
 
-def plot_thread_scaling(timings: pd.DataFrame):
-    """Median time against thread count, once runs at several thread counts exist (else None)."""
-    if "threads" not in timings or timings.threads.nunique() < 2:
+def plot_thread_scaling(timings: pd.DataFrame, run_id: str | None = None):
+    """Median time against thread count on the 30 s window, once a run has several thread counts (else None)."""
+    run_id = run_id or latest_run(timings)
+    run = timings[(timings.run_id == run_id) & (timings.audio_id == timings[timings.run_id == run_id].audio_id.iloc[0])]
+    if "threads" not in run or run.threads.nunique() < 2:
         return None
+    table = run.groupby(["model", "method", "threads"]).wall_s.median().reset_index()
+    table = table[table.groupby(["model", "method"]).threads.transform("nunique") > 1]
     fig, ax = _figure()
-    table = timings.groupby(["model", "method", "threads"]).wall_s.median().reset_index()
     for (model, method), group in table.groupby(["model", "method"]):
         ax.plot(group.threads, group.wall_s, marker="o", label=f"{model} {method}")
+    ax.set_xticks(sorted(table.threads.unique()))
     ax.set_xlabel("threads")
     ax.set_ylabel("seconds per transcribe (median)")
-    ax.set_title(f"Thread scaling, {machine_label(timings)}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"Thread scaling\n{machine_label(run)}", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
     return fig
 
 
-def plot_memory(timings: pd.DataFrame):
-    """Peak resident memory per configuration, once it is measured (else None)."""
-    if "peak_rss_mb" not in timings or timings.peak_rss_mb.isna().all():
+def plot_memory(memory: pd.DataFrame):
+    """Peak resident memory and weights on disk per configuration (None until memory is measured)."""
+    if memory is None or memory.empty:
         return None
-    table = timings.groupby(["model", "method"]).peak_rss_mb.max().reset_index()
-    fig, ax = _figure()
-    ax.bar([f"{m}\n{k}" for m, k in zip(table.model, table.method)], table.peak_rss_mb, color="tab:blue")
-    ax.set_ylabel("peak resident memory, MB")
-    ax.set_title(f"Memory, {machine_label(timings)}", fontsize=9)
+    table = memory[memory.run_id == memory.run_id.iloc[-1]]
+    labels = [f"{m}\n{k}" for m, k in zip(table.model, table.method)]
+    fig, ax = _figure(max(7, 0.8 * len(labels)), 4.5)
+    ax.bar(labels, table.peak_rss_mb, color="tab:blue", label="peak resident memory (one transcribe)")
+    ax.bar(labels, table.weights_disk_mb, width=0.4, color="tab:orange", label="weights on disk")
+    ax.set_ylabel("MB")
+    ax.tick_params(axis="x", labelsize=6, rotation=90)
+    ax.set_title(f"Memory, each configuration in its own process\n{machine_label(table)}", fontsize=9)
+    ax.legend(fontsize=8)
     return fig
 
 
-def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, folder: Path) -> list[Path]:
+def load_memory(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if Path(path).exists() else pd.DataFrame()
+
+
+def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, folder: Path, memory: pd.DataFrame | None = None) -> list[Path]:
     """Every figure that the results support, as PNG files; figures without data are skipped."""
     figures = {
         "speedup_vs_published": plot_speedup(timings, reference),
         "time_split": plot_time_split(timings),
         "speed_vs_wer": plot_speed_vs_wer(timings, accuracy) if len(accuracy) else None,
         "thread_scaling": plot_thread_scaling(timings),
-        "memory": plot_memory(timings),
+        "memory": plot_memory(memory),
     }
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -325,7 +348,14 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
         f"({first['audio_s']} s of real speech), {int(run.repeat.max()) + 1} repeats, medians; speedups within this run. "
         "WER: all English clips of `audio/manifest.csv`, latest `make accuracy`."
     )
-    return header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n"
+    markdown = header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n"
+    best = fastest_at_equal_accuracy(timings, accuracy, run_id) if len(accuracy) else pd.DataFrame()
+    if len(best):
+        markdown += (
+            "\nFastest configuration of each system whose WER is not measurably worse than fp32's (the 95% CI of "
+            "its change reaches zero), seconds per 30 s of audio:\n\n" + best.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    return markdown
 
 
 def update_readme(path: Path, markdown: str, start: str = "<!-- results:start -->", end: str = "<!-- results:end -->") -> None:
