@@ -8,7 +8,6 @@ repeats taken under contention are rerun, and what was seen is recorded in the r
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -148,21 +147,22 @@ def run(opts: Options, clip: audio.Input, run_id: str | None = None, log=print) 
     return run_id
 
 
-def _rss_mb() -> float:
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+def _status_mb(field: str) -> float:
+    line = next(l for l in open("/proc/self/status") if l.startswith(f"{field}:"))
     return int(line.split()[1]) / 1024
 
 
 def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str) -> dict:
     """Meant for a fresh process: resident memory before and after loading, and the peak over one transcribe."""
     torch.set_num_threads(threads)
-    start = _rss_mb()
+    start = _status_mb("VmRSS")
     runner = methods.get(method_name).load(model_name, threads)
-    loaded = _rss_mb()
+    loaded = _status_mb("VmRSS")
     runner.transcribe(path, language_for(runner, language), None)
     return {
         "rss_start_mb": round(start, 1), "model_rss_mb": round(loaded - start, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
+        "peak_rss_mb": round(_status_mb("VmHWM"), 1),
         "weights_disk_mb": round(sum(Path(p).stat().st_size for p in runner.weights) / 2**20, 1),
     }
 
