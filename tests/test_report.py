@@ -97,3 +97,11 @@ def test_fastest_at_equal_accuracy_ignores_measurably_worse_methods(csvs):
     table = report.fastest_at_equal_accuracy(timings, accuracy).set_index("model")
     assert table.loc["base", "method"] in ("fp32", "fp32-nn")
     assert table.loc["tiny.en", "method"] in ("fp32", "fp32-nn") and table.loc["tiny.en", "speedup_vs_fp32"] >= 1.0
+
+
+def test_headline_tables_ignore_thread_scaling_and_longform_rows(csvs):
+    timings, accuracy = csvs
+    everything = pd.concat([timings, timings.assign(threads=1), timings.assign(audio_id="longform-x", audio_s=300.0)])
+    assert report.original_table(everything, report.published()).equals(report.original_table(timings, report.published()))
+    assert report.speed_accuracy(everything, accuracy).equals(report.speed_accuracy(timings, accuracy))
+    assert report.plot_thread_scaling(everything) is not None

@@ -24,6 +24,13 @@ def latest_run(timings: pd.DataFrame) -> str:
     return timings["run_id"].iloc[-1]
 
 
+def main_rows(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """A run's headline rows: its first input (the 30 s window) at its highest thread count."""
+    run = timings[timings.run_id == (run_id or latest_run(timings))]
+    run = run[run.audio_id == run.audio_id.iloc[0]]
+    return run[run.threads == run.threads.max()]
+
+
 def summary(timings: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: medians over repeats, speedup against fp32 on the CPU of the same run."""
     table = (
@@ -74,8 +81,7 @@ def compare(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None =
 
     Published sizes are matched by size: our tiny.en is the English-only tiny, same architecture and cost.
     """
-    run_id = run_id or latest_run(timings)
-    ours = summary(timings[(timings.run_id == run_id) & (timings.device == "cpu")])
+    ours = summary(main_rows(timings, run_id).query("device == 'cpu'"))
     ours = ours[ours.beam_size == 1] if (ours.beam_size == 1).any() else ours
     ours = with_wer(ours, accuracy if accuracy is not None else latest_accuracy(None))
     cpu = reference[reference.device == "cpu"]
@@ -116,15 +122,18 @@ PUBLISHED_CPU = "AMD Ryzen 5 5600X (AVX2)"
 SYSTEM_COLORS = {"whisper_cpu": "tab:blue", "faster-whisper": "tab:orange", "whisper.cpp": "tab:green"}
 
 
-def machine_label(frame: pd.DataFrame) -> str:
+def machine_label(frame: pd.DataFrame, threads: bool = True) -> str:
     row = frame.iloc[-1]
-    return f"{row['cpu']}, {row['threads']} threads on {row['physical_cores']} cores [{row['isa']}]"
+    used = f"{row['threads']} threads on " if threads else ""
+    return f"{row['cpu']}, {used}{row['physical_cores']} cores [{row['isa']}]"
+
+
+MODEL_STYLES = ["o", "s", "^", "D"]  # marker per model, in order of appearance
 
 
 def original_table(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
     """The original's results table per model, our rows beside the published ones (speedup vs CPU fp32 nn.Linear)."""
-    run_id = run_id or latest_run(timings)
-    ours = summary(timings[timings.run_id == run_id])
+    ours = summary(main_rows(timings, run_id))
     ours = ours[ours.beam_size == ours.beam_size.min()]
     rows = []
     for model in ours.model.unique():
@@ -167,7 +176,7 @@ def plot_speedup(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | N
         published_.setdefault(size, _ratio(times.get("fp32"), times.get("qint8")))
     fig, ax = _figure()
     x = range(len(sizes))
-    run = timings[timings.run_id == run_id]
+    run = main_rows(timings, run_id)
     mine = [ours.get(s, (None, None))[1] for s in sizes]
     bars = ax.bar([i - 0.2 for i in x], [v or 0 for v in mine], 0.4, label=f"ours: {machine_label(run)}", color="tab:blue")
     ax.bar([i + 0.2 for i in x], [published_.get(s) or 0 for s in sizes], 0.4, label=f"published: {PUBLISHED_CPU}", color="tab:gray")
@@ -185,16 +194,18 @@ def plot_speedup(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | N
 
 def plot_time_split(timings: pd.DataFrame, run_id: str | None = None):
     """Where a 30 s window's time goes: encoder vs decoder per model x method, with the full transcribe beside."""
-    run_id = run_id or latest_run(timings)
-    table = summary(timings[(timings.run_id == run_id) & (timings.device == "cpu")])
+    run = main_rows(timings, run_id)
+    table = summary(run[run.device == "cpu"])
     labels = [f"{m}\n{k}" for m, k in zip(table.model, table.method)]
-    fig, ax = _figure(max(6, 1.1 * len(labels)), 4.5)
+    fig, ax = _figure(min(16, max(6, 0.9 * len(labels))), 5)
+    if len(labels) > 8:
+        ax.tick_params(axis="x", labelsize=7, rotation=90)
     ax.bar(labels, table.encoder_s, label="encoder (one 30 s window)", color="tab:blue")
     ax.bar(labels, table.decoder_s, bottom=table.encoder_s, label="decoder loop (same window)", color="tab:orange")
     ax.scatter(labels, table.wall_s, marker="_", s=600, color="black", label="full transcribe (file to text)", zorder=3)
     ax.set_ylabel("seconds (median over repeats)")
     ax.set_ylim(0, 1.35 * max(table.wall_s.max(), (table.encoder_s + table.decoder_s).max()))
-    ax.set_title(f"Encoder vs decoder time\n{machine_label(timings[timings.run_id == run_id])}", fontsize=9)
+    ax.set_title(f"Encoder vs decoder time\n{machine_label(run)}", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     return fig
 
@@ -212,8 +223,7 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def speed_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, language: str = "en") -> pd.DataFrame:
     """One row per model x method: seconds per 30 s of audio (this run) and corpus WER (latest scoring)."""
-    run_id = run_id or latest_run(timings)
-    table = summary(timings[(timings.run_id == run_id) & (timings.device == "cpu")])
+    table = summary(main_rows(timings, run_id).query("device == 'cpu'"))
     table = table[table.beam_size == table.beam_size.min()]
     table["s_per_30s"] = (table.wall_s * 30 / table.audio_s).round(3)
     scores = accuracy[accuracy.language == language].reindex(columns=["model", "method", "wer", "wer_delta", "ci_low", "ci_high"])
@@ -254,15 +264,17 @@ def plot_speed_vs_wer(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str
     """Speed against accuracy, one point per model x method, the Pareto front marked."""
     points = speed_accuracy(timings, accuracy, run_id)
     fig, ax = _figure()
-    for system, group in points.groupby("system"):
-        ax.scatter(group.s_per_30s, group.wer_pct, s=40, color=SYSTEM_COLORS.get(system, "tab:purple"), label=system, zorder=3)
+    markers = {m: MODEL_STYLES[i % len(MODEL_STYLES)] for i, m in enumerate(points.model.unique())}
+    for (system, model), group in points.groupby(["system", "model"], sort=False):
+        ax.scatter(group.s_per_30s, group.wer_pct, s=40, marker=markers[model], color=SYSTEM_COLORS.get(system, "tab:purple"),
+                   label=f"{system}, {model}", zorder=3)
     for (x, y, _), label in _labels(points).items():
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
     front = pareto_front(points, "s_per_30s", "wer_pct")
     ax.step(front.s_per_30s, front.wer_pct, where="post", color="tab:red", lw=1, ls="--", label="Pareto front")
     ax.set_xlabel("seconds to transcribe 30 s of audio (median; lower is faster)")
     ax.set_ylabel("WER on the English clips, % (lower is better)")
-    run = timings[timings.run_id == (run_id or latest_run(timings))]
+    run = main_rows(timings, run_id)
     ax.set_title(f"Speed vs accuracy\n{machine_label(run)}", fontsize=9)
     ax.legend(fontsize=8)
     return fig
@@ -277,12 +289,14 @@ def plot_thread_scaling(timings: pd.DataFrame, run_id: str | None = None):
     table = run.groupby(["model", "method", "threads"]).wall_s.median().reset_index()
     table = table[table.groupby(["model", "method"]).threads.transform("nunique") > 1]
     fig, ax = _figure()
+    colors = {m: f"C{i}" for i, m in enumerate(table.method.unique())}
     for (model, method), group in table.groupby(["model", "method"]):
-        ax.plot(group.threads, group.wall_s, marker="o", label=f"{model} {method}")
+        style = "-" if model == table.model.iloc[0] else "--"
+        ax.plot(group.threads, group.wall_s, style, marker="o", color=colors[method], label=f"{model} {method}")
     ax.set_xticks(sorted(table.threads.unique()))
     ax.set_xlabel("threads")
     ax.set_ylabel("seconds per transcribe (median)")
-    ax.set_title(f"Thread scaling\n{machine_label(run)}", fontsize=9)
+    ax.set_title(f"Thread scaling\n{machine_label(run, threads=False)}", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     return fig
 
@@ -328,7 +342,7 @@ def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.D
 def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame) -> str:
     """The README's results section: speed, speedup and WER with its CI, beside the published speedup."""
     run_id = latest_run(timings)
-    run = timings[timings.run_id == run_id]
+    run = main_rows(timings, run_id)
     table = with_wer(summary(run), accuracy)
     published_ = compare(timings, reference, run_id).set_index("model")["published_qint8_speedup"]
     table["published"] = [published_.get(m) if k == "qint8" else None for m, k in zip(table.model, table.method)]
