@@ -75,16 +75,8 @@ def plan(opts: Options) -> tuple[list[tuple[str, str]], list[str]]:
     names = [methods.get(name).name for name in opts.methods]
     if "fp32" in names and "fp32-gpu" not in names:
         names.append("fp32-gpu")  # the original's GPU column, wherever CUDA exists
-    notes = []
-    for name in list(names):
-        method = methods.get(name)
-        reason = "CUDA is not available" if method.device == "cuda" and not torch.cuda.is_available() else method.unavailable()
-        if reason:
-            names.remove(name)
-            if name in opts.methods or method.device == "cpu":
-                notes.append(f"note: {name} skipped: {reason}")
-            else:
-                notes.append("note: CUDA is not available, so the original's GPU fp32 column is skipped")
+    notes = [f"note: {name} skipped: {reason}" for name in names if (reason := methods.get(name).unavailable())]
+    names = [name for name in names if not methods.get(name).unavailable()]
     return [(m, name) for m in opts.models for name in names], notes
 
 
@@ -179,7 +171,7 @@ def measure_memory(opts: Options, clip: audio.Input, run_id: str, output: Path) 
             capture_output=True, text=True,
         )
         if done.returncode != 0:
-            tqdm.write(f"note: memory of {model_name} {method_name} not measured: {done.stderr.strip().splitlines()[-1:]}")
+            tqdm.write(f"note: memory of {model_name} {method_name} not measured: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
         row = {"run_id": run_id, "timestamp": results.now(), **env, "model": model_name, "method": method_name,
                "system": methods.get(method_name).system, "audio_id": clip.id, **json.loads(done.stdout.splitlines()[-1])}

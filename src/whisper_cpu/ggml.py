@@ -124,5 +124,5 @@ def model_file(name: str, ftype: str = "f16") -> Path:
     target = models.MODELS_DIR / "ggml" / f"{name}-{ftype}.bin"
     if not target.exists():
         source = models.checkpoint_path(name)
-        models._atomic_copy(lambda tmp: write(source, tmp, ftype), target)
+        models.atomic_write_file(lambda tmp: write(source, tmp, ftype), target)
     return target

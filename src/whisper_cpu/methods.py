@@ -244,7 +244,8 @@ REGISTRY = {
                    unavailable=peers.whispercpp_missing)
             for ftype in ("f16", "q8_0", "q5_0")
         ),
-        torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model, "cuda"),
+        torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model, "cuda",
+                     unavailable=lambda: None if torch.cuda.is_available() else "CUDA is not available, so the original's GPU fp32 column is skipped"),
     ]
 }
 

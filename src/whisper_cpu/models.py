@@ -186,7 +186,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_copy(write, target: Path) -> None:
+def atomic_write_file(write, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
@@ -223,7 +223,7 @@ def ct2_dir(name: str) -> Path:
                 with open(piece, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 24)
 
-    _atomic_copy(concatenate, target / "model.bin")
+    atomic_write_file(concatenate, target / "model.bin")
     return target
 
 
@@ -234,7 +234,7 @@ def converted_checkpoint(source: Path, name: str) -> Path:
     if target.exists() and digest.exists() and digest.read_text().split()[0] == _sha256(target):
         return target
     checkpoint = ct2_to_checkpoint(source)
-    _atomic_copy(lambda tmp: torch.save(checkpoint, tmp), target)
+    atomic_write_file(lambda tmp: torch.save(checkpoint, tmp), target)
     digest.write_text(f"{_sha256(target)}  {target.name}\n")
     return target
 
