@@ -10,7 +10,7 @@ BEAM ?=
 THREADS ?=
 BENCH_FLAGS = --models $(MODELS) --methods $(METHODS) --repeats $(REPEATS) $(if $(BEAM),--beam-size $(BEAM)) $(if $(THREADS),--threads $(THREADS))
 
-ALL_METHODS ?= fp32 fp32-nn qint8 qint8-logits bf16 torchao-int8dq torchao-int8dq-compile torchao-int8wo torchao-int4wo faster-whisper-fp32 faster-whisper-int8 whisper.cpp-f16 whisper.cpp-q8_0 whisper.cpp-q5_0
+ALL_METHODS ?= fp32 fp32-nn qint8 qint8-logits fast-fp32 fast-qint8 bf16 torchao-int8dq torchao-int8dq-compile torchao-int8wo torchao-int4wo faster-whisper-fp32 faster-whisper-int8 whisper.cpp-f16 whisper.cpp-q8_0 whisper.cpp-q5_0
 ALL_REPEATS ?= 3
 # whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only); the rpath lets its extension find its own libraries.
 WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
@@ -20,7 +20,7 @@ WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUIL
 bench: venv models audio ## time MODELS x METHODS on the ~30 s real-speech window, append to results/timings.csv
 	$(PY) -m whisper_cpu bench $(BENCH_FLAGS)
 
-bench-all: venv models audio whispercpp ## the full matrix in one run: every method and peer, thread scaling, long-form, memory, accuracy
+bench-all: venv models audio whispercpp ## the full matrix in one run: peak GEMM, every method and peer greedy and beam 5, thread scaling, long-form, memory, accuracy
 	$(PY) -m whisper_cpu bench --all --models $(MODELS) --methods $(ALL_METHODS) --repeats $(ALL_REPEATS) $(if $(BEAM),--beam-size $(BEAM))
 
 accuracy: venv models audio ## WER of MODELS x METHODS on every real-speech clip, into results/accuracy.csv

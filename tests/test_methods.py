@@ -79,7 +79,7 @@ def test_qint8_logits_also_quantizes_the_vocabulary_projection(tiny):
     assert model.decoder.token_embedding.weight.dtype == torch.float32  # the embedding lookup stays exact
 
 
-@pytest.mark.parametrize("name", ["qint8-logits", "bf16", "torchao-int8wo", "torchao-int4wo", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0"])
+@pytest.mark.parametrize("name", ["qint8-logits", "fast-fp32", "fast-qint8", "bf16", "torchao-int8wo", "torchao-int4wo", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0"])
 def test_every_method_transcribes_real_speech(name, clips, mirror):
     method = methods.get(name)
     if method.unavailable():

@@ -105,3 +105,35 @@ def test_headline_tables_ignore_thread_scaling_and_longform_rows(csvs):
     assert report.original_table(everything, report.published()).equals(report.original_table(timings, report.published()))
     assert report.speed_accuracy(everything, accuracy).equals(report.speed_accuracy(timings, accuracy))
     assert report.plot_thread_scaling(everything) is not None
+
+
+def test_headline_compares_our_fastest_equal_method_with_each_peers_fastest():
+    walls = {("fast-qint8", "whisper_cpu"): 1.0, ("qint8", "whisper_cpu"): 0.5, ("fp32", "whisper_cpu"): 3.0,
+             ("faster-whisper-int8", "faster-whisper"): 1.5, ("faster-whisper-fp32", "faster-whisper"): 2.0,
+             ("whisper.cpp-q8_0", "whisper.cpp"): 1.2}
+    timings = pd.DataFrame([
+        {"run_id": "r1", **ENV, "system": system, "model": "tiny.en", "method": method, "beam_size": beam, "repeat": 0,
+         "wall_s": wall * beam ** 0.5, "encoder_s": 0.1, "decoder_s": 0.5}
+        for (method, system), wall in walls.items() for beam in (1, 5)
+    ])
+    accuracy = pd.DataFrame([
+        {"model": "tiny.en", "method": method, "language": "en", "beam_size": beam, "wer": 0.06,
+         "wer_delta": 0.0 if method != "qint8" else 0.02, "ci_low": -0.01 if method != "qint8" else 0.005, "ci_high": 0.02}
+        for method, _ in walls for beam in (1, 5)
+    ])
+    table = report.headline(timings, accuracy).set_index("beam")
+    assert list(table.index) == [1, 5]
+    assert table.loc[1, "ours"] == "fast-qint8"  # qint8 is faster but measurably less accurate
+    assert table.loc[1, "faster-whisper_best"] == "faster-whisper-int8" and table.loc[1, "vs_faster-whisper"] == 1.5
+    assert table.loc[5, "vs_whisper.cpp"] == 1.2
+
+
+def test_peak_share_uses_the_peak_of_each_methods_number_format(csvs):
+    timings, _ = csvs
+    peaks = pd.DataFrame([{"run_id": "r1", "threads": 2, "arithmetic": a, "gflops": g} for a, g in (("fp32", 100.0), ("int8", 400.0))])
+    table = report.peak_share(timings, peaks).set_index(["model", "method"])
+    fp32, qint8 = table.loc[("tiny.en", "fp32")], table.loc[("tiny.en", "qint8")]
+    assert fp32.arithmetic == "fp32" and qint8.arithmetic == "int8"
+    assert fp32.encoder_pct_peak == pytest.approx(100 * fp32.encoder_gflops / 100, abs=0.1)
+    assert qint8.encoder_pct_peak == pytest.approx(100 * qint8.encoder_gflops / 400, abs=0.1)
+    assert fp32.encoder_gflops == pytest.approx(36.94 / 0.5, rel=1e-3)  # tiny's 36.94 GFLOP encoder in 0.5 s

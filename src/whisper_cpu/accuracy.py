@@ -118,7 +118,7 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
     found = audio.available(audio.read_manifest(opts.manifest), opts.audio_dir)
     if not found:
         raise UserError(f"no clip of {opts.manifest} is here (set AUDIO_MIRROR or --audio-dir) or downloadable")
-    transcripts = Path(opts.transcripts) / f"{run_id}.jsonl"
+    transcripts = Path(opts.transcripts) / (f"{run_id}.jsonl" if (opts.beam_size or 1) == 1 else f"{run_id}-beam{opts.beam_size}.jsonl")
     done = {(r["model"], r["method"], r["audio_id"]) for r in results.read_jsonl(transcripts)}
     todo = []
     for model_name in opts.models:

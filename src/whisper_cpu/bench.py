@@ -11,13 +11,13 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from . import audio, methods, results
+from . import audio, methods, peak, results
 
 CONTENDED = 0.10  # share of the machine's CPU time used by others above which a repeat is rerun
 
@@ -178,21 +178,29 @@ def measure_memory(opts: Options, clip: audio.Input, run_id: str, output: Path) 
         results.append_rows(output, [row])
 
 
-SCALING = ("fp32", "qint8", "qint8-logits", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0")  # the configurations also run at every thread count and long-form
+SCALING = ("fp32", "qint8", "qint8-logits", "fast-qint8", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0")  # also at every thread count and long-form
+BEAM = 5  # the beam width users of openai-whisper's CLI and of faster-whisper get by default
+BEAM_ACCURACY = ("fp32", "fast-qint8", "faster-whisper-int8", "whisper.cpp-q8_0")  # WER at beam 5 too: ours, the baseline, each peer's usual pick
 
 
 def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
-    """The full matrix in one run_id: the 30 s window, thread scaling, long-form, memory and accuracy."""
+    """The full matrix in one run_id: peak GEMM, the 30 s window greedy and beam 5, thread scaling, long-form,
+    memory and accuracy (greedy for every method, beam 5 for the headline ones)."""
     from . import accuracy
 
     run_id = run_id or results.new_run_id()
+    peak.measure(run_id, opts.threads)  # first, while nothing of ours is loaded
     window = audio.window()
-    run(opts, window, run_id, log)
+    beams = list(dict.fromkeys([opts.beam_size, BEAM]))
+    for beam in beams:
+        run(replace(opts, beam_size=beam), window, run_id, log)
     main = tuple(m for m in opts.methods if m in SCALING)
     for threads in range(1, opts.threads):
         run(Options(opts.models, main, repeats=3, threads=threads, beam_size=opts.beam_size, output=opts.output), window, run_id, log)
     longform = audio.longform()
     run(Options(opts.models, main, repeats=1, threads=opts.threads, beam_size=opts.beam_size, output=opts.output, warmup=False), longform, run_id, log)
     measure_memory(opts, window, run_id, results.MEMORY)
-    accuracy.run(accuracy.Options(models=opts.models, methods=opts.methods, beam_size=opts.beam_size, threads=opts.threads), run_id, log)
+    for beam in beams:
+        chosen = opts.methods if beam == opts.beam_size else tuple(m for m in opts.methods if m in BEAM_ACCURACY)
+        accuracy.run(accuracy.Options(models=opts.models, methods=chosen, beam_size=beam, threads=opts.threads), run_id, log)
     return run_id

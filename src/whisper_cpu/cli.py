@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import UserError, accuracy, audio, bench, methods, models, report, results
+from . import UserError, accuracy, audio, bench, methods, models, peak, report, results, transcribe
 
 
 def _threads(value: str) -> int:
@@ -85,11 +85,19 @@ def cmd_report(args) -> None:
     timings, scores, reference = report.load_timings(args.timings), report.latest_accuracy(args.accuracy), report.published()
     for path in report.write_figures(timings, scores, reference, report.FIGURES, report.load_memory(results.MEMORY)):
         print(f"figure: {path.relative_to(report.FIGURES.parent.parent)}")
-    report.update_readme(report.README, report.readme_table(timings, scores, reference))
+    report.update_readme(report.README, report.readme_table(timings, scores, reference, report.load_peak(peak.PEAK)))
     print("README.md: results table regenerated")
     for notebook in sorted(report.NOTEBOOKS.glob("*.ipynb")):
         report.execute_notebook(notebook)
         print(f"executed: notebooks/{notebook.name}")
+
+
+def cmd_transcribe(args) -> int:
+    opts = transcribe.Options(
+        model=args.model, method=args.method, output_format=args.output_format, output_dir=args.output_dir,
+        language=args.language, beam_size=args.beam_size, threads=args.threads or 0,
+    )
+    return 2 if transcribe.run(opts, args.files) else 0
 
 
 def cmd_memory_probe(args) -> None:
@@ -132,6 +140,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run instead of starting a new one")
     b.add_argument("--all", action="store_true", help="the full matrix: window, thread scaling, long-form, memory, accuracy")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("transcribe", help="transcribe files with our fastest equally accurate method (text, subtitles)")
+    t.add_argument("files", nargs="+", type=Path)
+    t.add_argument("--model", default="base")
+    t.add_argument("--method", default="auto", help="auto: the fastest measured on this CPU without measurable WER loss")
+    t.add_argument("--output-format", choices=transcribe.FORMATS, default="txt")
+    t.add_argument("--output-dir", type=Path, default=Path("."))
+    t.add_argument("--language", help="default: en for .en models, else detected")
+    t.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
+    t.add_argument("--threads", type=_threads, default=None, help="default: all available cores")
+    t.set_defaults(func=cmd_transcribe)
 
     p_ = sub.add_parser("memory-probe", help=argparse.SUPPRESS)
     p_.add_argument("model")
@@ -178,11 +197,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except UserError as error:
         print(f"whisper-cpu: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nwhisper-cpu: interrupted; rows written so far are kept (bench: rerun with --resume RUN_ID)", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

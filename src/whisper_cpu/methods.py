@@ -22,7 +22,7 @@ import whisper
 from torch import nn
 from whisper.model import Linear, TextDecoder, Whisper
 
-from . import UserError, audio, models, peers
+from . import UserError, audio, decoding, models, peers
 
 
 class Runner(Protocol):
@@ -60,7 +60,7 @@ class TorchRunner:
             _sync(model)
             encoder_s = time.perf_counter() - start
             start = time.perf_counter()
-            decoded = whisper.decode(model, features, options)
+            decoded = model.decode(features, options)
             _sync(model)
         return encoder_s, time.perf_counter() - start, len(decoded[0].tokens)
 
@@ -207,13 +207,15 @@ class Method:
     prepare: Callable[[Whisper], Whisper] | None = None  # the model transform, for PyTorch methods
     device: str = "cpu"
     unavailable: Callable[[], str | None] = lambda: None  # why it cannot run on this machine, if it cannot
+    arithmetic: str = "fp32"  # the number format of its matrix products, for the share of this CPU's peak
 
 
-def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], device: str = "cpu", unavailable=lambda: None) -> Method:
+def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], device: str = "cpu", unavailable=lambda: None,
+                 arithmetic: str = "fp32") -> Method:
     def load(model: str, threads: int) -> TorchRunner:
         return TorchRunner(prepare(models.load_model(model)).to(device), [models.checkpoint_path(model)])
 
-    return Method(name, summary, load, prepare=prepare, device=device, unavailable=unavailable)
+    return Method(name, summary, load, prepare=prepare, device=device, unavailable=unavailable, arithmetic=arithmetic)
 
 
 REGISTRY = {
@@ -221,33 +223,40 @@ REGISTRY = {
     for m in [
         torch_method("fp32", "openai-whisper as shipped, float32 on the CPU", lambda model: model),
         torch_method("fp32-nn", "float32 after turning whisper's Linear into plain nn.Linear (the original's fork)", to_nn_linear),
-        torch_method("qint8", "the original's torch dynamic int8 quantization of every nn.Linear", quantize_qint8),
+        torch_method("qint8", "the original's torch dynamic int8 quantization of every nn.Linear", quantize_qint8, arithmetic="int8"),
         torch_method("qint8-logits", "qint8 plus the vocabulary projection, which the original left in fp32",
-                     lambda model: with_vocab_projection(model, quantize_qint8)),
+                     lambda model: with_vocab_projection(model, quantize_qint8), arithmetic="int8"),
         torch_method("bf16", "bfloat16 weights and matrix products for every Linear and the vocabulary projection",
                      lambda model: with_vocab_projection(model, lambda m: replace_linears(m, CastLinear)),
-                     unavailable=lambda: cpu_has("avx512_bf16", "amx_bf16")),
-        torch_method("torchao-int8dq", "torchao int8 dynamic activations + int8 per-row weights, eager", torchao_method("int8dq")),
+                     unavailable=lambda: cpu_has("avx512_bf16", "amx_bf16"), arithmetic="bf16"),
+        torch_method("torchao-int8dq", "torchao int8 dynamic activations + int8 per-row weights, eager", torchao_method("int8dq"), arithmetic="int8"),
         torch_method("torchao-int8dq-compile", "torchao int8 dynamic activations + int8 weights, encoder and decoder torch.compiled",
-                     torchao_method("int8dq", compile=True)),
+                     torchao_method("int8dq", compile=True), arithmetic="int8"),
         torch_method("torchao-int8wo", "torchao int8 weight-only, eager (compile matches only bf16 activations, so it gains nothing)",
                      torchao_method("int8wo")),
         torch_method("torchao-int4wo", "torchao int4 weight-only, groups of 128, CPU packing, bfloat16 activations",
-                     torchao_method("int4wo"), unavailable=lambda: cpu_has("avx512_bf16", "amx_bf16")),
+                     torchao_method("int4wo"), unavailable=lambda: cpu_has("avx512_bf16", "amx_bf16"), arithmetic="bf16"),
+        torch_method("fast-fp32", "openai-whisper's search on our decoder: static kv-cache, fused q/k/v, audio keys once, batched rules",
+                     decoding.fast),
+        torch_method("fast-qint8", "the fast decoder with dynamic int8 for every matrix product, vocabulary projection included",
+                     lambda model: quantize_qint8(decoding.fast(model)), arithmetic="int8"),
         Method("faster-whisper-fp32", "faster-whisper (CTranslate2) compute_type float32, same weights",
                lambda model, threads: peers.FasterWhisperRunner(model, "float32", threads), system="faster-whisper"),
         Method("faster-whisper-int8", "faster-whisper (CTranslate2) compute_type int8, same weights",
-               lambda model, threads: peers.FasterWhisperRunner(model, "int8", threads), system="faster-whisper"),
+               lambda model, threads: peers.FasterWhisperRunner(model, "int8", threads), system="faster-whisper", arithmetic="int8"),
         *(
             Method(f"whisper.cpp-{ftype}", f"whisper.cpp (pywhispercpp built natively), ggml {ftype} written from the same checkpoint",
                    lambda model, threads, ftype=ftype: peers.WhisperCppRunner(model, ftype, threads), system="whisper.cpp",
-                   unavailable=peers.whispercpp_missing)
+                   unavailable=peers.whispercpp_missing, arithmetic="fp32" if ftype == "f16" else "int8")
             for ftype in ("f16", "q8_0", "q5_0")
         ),
         torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model, "cuda",
                      unavailable=lambda: None if torch.cuda.is_available() else "CUDA is not available, so the original's GPU fp32 column is skipped"),
     ]
 }
+
+
+DEFAULT = "fast-qint8"  # `transcribe --method auto` where this CPU has no measurements (README: why)
 
 
 def get(name: str) -> Method:

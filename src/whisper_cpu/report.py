@@ -24,10 +24,11 @@ def latest_run(timings: pd.DataFrame) -> str:
     return timings["run_id"].iloc[-1]
 
 
-def main_rows(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
-    """A run's headline rows: its first input (the 30 s window) at its highest thread count."""
+def main_rows(timings: pd.DataFrame, run_id: str | None = None, beam: int | None = None) -> pd.DataFrame:
+    """A run's headline rows: its first input (the 30 s window) at its highest thread count, greedy unless `beam`."""
     run = timings[timings.run_id == (run_id or latest_run(timings))]
     run = run[run.audio_id == run.audio_id.iloc[0]]
+    run = run[run.beam_size == (beam or run.beam_size.min())]
     return run[run.threads == run.threads.max()]
 
 
@@ -221,24 +222,76 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return ordered.loc[keep]
 
 
-def speed_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, language: str = "en") -> pd.DataFrame:
-    """One row per model x method: seconds per 30 s of audio (this run) and corpus WER (latest scoring)."""
-    table = summary(main_rows(timings, run_id).query("device == 'cpu'"))
-    table = table[table.beam_size == table.beam_size.min()]
+def speed_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, language: str = "en", beam: int = 1) -> pd.DataFrame:
+    """One row per model x method at one beam width: seconds per 30 s of audio (this run), corpus WER (latest scoring)."""
+    table = summary(main_rows(timings, run_id, beam).query("device == 'cpu'"))
     table["s_per_30s"] = (table.wall_s * 30 / table.audio_s).round(3)
-    scores = accuracy[accuracy.language == language].reindex(columns=["model", "method", "wer", "wer_delta", "ci_low", "ci_high"])
+    scores = accuracy[(accuracy.language == language) & (accuracy.get("beam_size", 1) == beam)]
+    scores = scores.reindex(columns=["model", "method", "wer", "wer_delta", "ci_low", "ci_high"])
     table = table.merge(scores, on=["model", "method"], how="inner")
     table["wer_pct"] = (100 * table.wer).round(2)
     return table[["model", "method", "system", "s_per_30s", "x_realtime", "speedup_vs_fp32", "wer_pct", "wer_delta", "ci_low", "ci_high"]]
 
 
-def fastest_at_equal_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+def fastest_at_equal_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, beam: int = 1) -> pd.DataFrame:
     """Per model and system, the fastest configuration not measurably less accurate than fp32 (CI reaches 0)."""
-    points = speed_accuracy(timings, accuracy, run_id)
+    points = speed_accuracy(timings, accuracy, run_id, beam=beam)
     equal = points[(points.method == "fp32") | (points.ci_low <= 0)]
     best = equal.loc[equal.groupby(["model", "system"]).s_per_30s.idxmin()].sort_values(["model", "s_per_30s"])
     best["delta_ci"] = [_delta_ci(d, lo, hi) for d, lo, hi in zip(best.wer_delta, best.ci_low, best.ci_high)]
     return best[["model", "system", "method", "s_per_30s", "x_realtime", "speedup_vs_fp32", "wer_pct", "delta_ci"]]
+
+
+def headline(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """Per model and beam width: our fastest method at fp32's accuracy against each peer's fastest configuration
+    at any accuracy (the strictest comparison), same run, same window; ratio > 1 means ours is faster."""
+    run_id = run_id or latest_run(timings)
+    rows = []
+    for beam in sorted(timings[timings.run_id == run_id].beam_size.unique()):
+        table = summary(main_rows(timings, run_id, beam).query("device == 'cpu'"))
+        table["s_per_30s"] = table.wall_s * 30 / table.audio_s
+        ours = fastest_at_equal_accuracy(timings, accuracy, run_id, beam=beam).query("system == 'whisper_cpu'").set_index("model")
+        for model, group in table.groupby("model", sort=False):
+            if model not in ours.index:
+                continue
+            row = {"model": model, "beam": int(beam), "ours": ours.loc[model, "method"], "ours_s": round(ours.loc[model, "s_per_30s"], 3),
+                   "ours_delta_wer": ours.loc[model, "delta_ci"]}
+            for system in ("faster-whisper", "whisper.cpp"):
+                peer = group[group.system == system]
+                if len(peer):
+                    best = peer.loc[peer.s_per_30s.idxmin()]
+                    row |= {f"{system}_best": best.method, f"{system}_s": round(best.s_per_30s, 3),
+                            f"vs_{system}": round(best.s_per_30s / ours.loc[model, "s_per_30s"], 2)}
+            if any(key.startswith("vs_") for key in row):
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_peak(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if Path(path).exists() else pd.DataFrame(columns=["run_id", "arithmetic", "gflops", "threads"])
+
+
+def peak_share(timings: pd.DataFrame, peak_rows: pd.DataFrame, run_id: str | None = None, beam: int = 1) -> pd.DataFrame:
+    """Achieved GFLOP/s of the encoder and the decoder on the window, and their share of this CPU's measured peak
+    for the number format each method multiplies in (int8 methods against the int8 peak, and so on)."""
+    from . import methods, models
+    from .peak import decoder_flops, encoder_flops
+
+    run_id = run_id or latest_run(timings)
+    table = summary(main_rows(timings, run_id, beam).query("device == 'cpu'"))
+    peaks = peak_rows[(peak_rows.run_id == run_id)]
+    peaks = peaks[peaks.threads == peaks.threads.max()].set_index("arithmetic").gflops if len(peaks) else pd.Series(dtype=float)
+    rows = []
+    for r in table.itertuples():
+        dims = models.dims(r.model)
+        arithmetic = methods.get(r.method).arithmetic if r.method in methods.REGISTRY else "fp32"
+        enc, dec = encoder_flops(dims) / r.encoder_s / 1e9, decoder_flops(dims, int(r.window_tokens), int(r.beam_size)) / r.decoder_s / 1e9
+        top = peaks.get(arithmetic, float("nan"))
+        rows.append({"model": r.model, "method": r.method, "arithmetic": arithmetic, "peak_gflops": top,
+                     "encoder_gflops": round(enc, 1), "encoder_pct_peak": round(100 * enc / top, 1),
+                     "decoder_gflops": round(dec, 1), "decoder_pct_peak": round(100 * dec / top, 1),
+                     "decoder_ms_per_token": r.decoder_ms_per_token})
+    return pd.DataFrame(rows)
 
 
 def _delta_ci(delta, low, high) -> str:
@@ -284,6 +337,7 @@ def plot_thread_scaling(timings: pd.DataFrame, run_id: str | None = None):
     """Median time against thread count on the 30 s window, once a run has several thread counts (else None)."""
     run_id = run_id or latest_run(timings)
     run = timings[(timings.run_id == run_id) & (timings.audio_id == timings[timings.run_id == run_id].audio_id.iloc[0])]
+    run = run[run.beam_size == run.beam_size.min()]
     if "threads" not in run or run.threads.nunique() < 2:
         return None
     table = run.groupby(["model", "method", "threads"]).wall_s.median().reset_index()
@@ -317,6 +371,30 @@ def plot_memory(memory: pd.DataFrame):
     return fig
 
 
+def plot_headline(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None):
+    """Ours against each peer's fastest configuration, per model and beam width, seconds per 30 s of audio."""
+    table = headline(timings, accuracy, run_id)
+    if not len(table):
+        return None
+    fig, ax = _figure()
+    labels = [f"{m}\n{'greedy' if b == 1 else f'beam {b}'}" for m, b in zip(table.model, table.beam)]
+    x = range(len(table))
+    for i, (column, system) in enumerate([("ours_s", "whisper_cpu"), ("faster-whisper_s", "faster-whisper"), ("whisper.cpp_s", "whisper.cpp")]):
+        values = table.get(column, pd.Series([None] * len(table))).fillna(0)
+        bars = ax.bar([j + (i - 1) * 0.27 for j in x], values, 0.27, color=SYSTEM_COLORS[system],
+                      label={"whisper_cpu": "ours (fastest at fp32's WER)"}.get(system, f"{system} (fastest configuration)"))
+        names = table.ours if system == "whisper_cpu" else table.get(f"{system}_best", pd.Series([""] * len(table)))
+        for bar, value, name in zip(bars, values, names):
+            if value:
+                ax.annotate(f"{value:.2f}\n{name}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("seconds per 30 s of audio (median, full transcribe)")
+    ax.set_ylim(0, 1.25 * max(table.filter(like="_s").max()))
+    ax.set_title(f"Ours vs the best peers, same run\n{machine_label(main_rows(timings, run_id))}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
 def load_memory(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if Path(path).exists() else pd.DataFrame()
 
@@ -327,6 +405,7 @@ def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.D
         "speedup_vs_published": plot_speedup(timings, reference),
         "time_split": plot_time_split(timings),
         "speed_vs_wer": plot_speed_vs_wer(timings, accuracy) if len(accuracy) else None,
+        "headline": plot_headline(timings, accuracy) if len(accuracy) else None,
         "thread_scaling": plot_thread_scaling(timings),
         "memory": plot_memory(memory),
     }
@@ -339,7 +418,7 @@ def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.D
     return written
 
 
-def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame) -> str:
+def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, peak_rows: pd.DataFrame | None = None) -> str:
     """The README's results section: speed, speedup and WER with its CI, beside the published speedup."""
     run_id = latest_run(timings)
     run = main_rows(timings, run_id)
@@ -368,6 +447,18 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
         markdown += (
             "\nFastest configuration of each system whose WER is not measurably worse than fp32's (the 95% CI of "
             "its change reaches zero), seconds per 30 s of audio:\n\n" + best.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    versus = headline(timings, accuracy, run_id) if len(accuracy) else pd.DataFrame()
+    if len(versus):
+        markdown += (
+            "\nOurs against each peer's fastest configuration (at any accuracy), same run and window, greedy and beam 5; "
+            "`vs_` columns are the peer's time over ours (above 1: ours is faster):\n\n" + versus.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    shares = peak_share(timings, peak_rows, run_id) if peak_rows is not None and len(peak_rows) else pd.DataFrame()
+    if len(shares):
+        markdown += (
+            "\nShare of this CPU's measured peak (2048^3 matrix product per number format, same run): encoder and "
+            "decoder on the window, greedy, matrix-product FLOPs only:\n\n" + shares.astype(object).fillna("").to_markdown(index=False) + "\n"
         )
     return markdown
 

