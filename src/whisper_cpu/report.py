@@ -383,7 +383,7 @@ def plot_headline(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | N
         values = table.get(column, pd.Series([None] * len(table))).fillna(0)
         bars = ax.bar([j + (i - 1) * 0.27 for j in x], values, 0.27, color=SYSTEM_COLORS[system],
                       label={"whisper_cpu": "ours (fastest at fp32's WER)"}.get(system, f"{system} (fastest configuration)"))
-        names = table.ours if system == "whisper_cpu" else table.get(f"{system}_best", pd.Series([""] * len(table)))
+        names = table.ours if system == "whisper_cpu" else table.get(f"{system}_best", pd.Series([""] * len(table))).fillna("").str.removeprefix(f"{system}-")
         for bar, value, name in zip(bars, values, names):
             if value:
                 ax.annotate(f"{value:.2f}\n{name}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=6)
