@@ -128,9 +128,8 @@ class FastTextDecoder(nn.Module):
         """Logits at `positions` of `tokens`, which continue what the cache holds."""
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[cache.offset : cache.offset + length]
-        batch = x.shape[0]
-        for layer, kv, (cross_k, cross_v) in zip(self.layers, cache.kv, cache.cross):
-            x = layer(x, kv[0, :batch], kv[1, :batch], cache.offset, cross_k, cross_v)
+        for layer, (keys, values), (cross_k, cross_v) in zip(self.layers, cache.kv, cache.cross):
+            x = layer(x, keys, values, cache.offset, cross_k, cross_v)
         cache.offset += length
         return self.projection(self.ln(x[:, positions]))
 

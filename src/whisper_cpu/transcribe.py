@@ -35,11 +35,15 @@ class Options:
     threads: int = 0  # 0: results.default_threads()
 
 
+def _on_cpu(method: methods.Method) -> bool:
+    return method.system == "whisper_cpu" and method.device == "cpu"
+
+
 def ours(name: str) -> methods.Method:
     """A method the transcriber runs: ours, in PyTorch on the CPU; peers only make sense timed side by side."""
     method = methods.get(name)
-    if method.system != "whisper_cpu" or method.device != "cpu":
-        names = ", ".join(n for n, m in methods.REGISTRY.items() if m.system == "whisper_cpu" and m.device == "cpu")
+    if not _on_cpu(method):
+        names = ", ".join(n for n, m in methods.REGISTRY.items() if _on_cpu(m))
         raise UserError(f"'{name}' is not one of our CPU methods: the transcriber runs our PyTorch methods ({names}); use `bench` to time peers")
     why = method.unavailable()
     if why:
@@ -49,7 +53,7 @@ def ours(name: str) -> methods.Method:
 
 def _runnable(name: str) -> bool:
     method = methods.REGISTRY.get(name)
-    return method is not None and method.system == "whisper_cpu" and method.device == "cpu" and method.unavailable() is None
+    return method is not None and _on_cpu(method) and method.unavailable() is None
 
 
 def measured(model: str, threads: int, cpu: str, timings_path: Path, accuracy_path: Path) -> pd.DataFrame:
@@ -68,7 +72,6 @@ def measured(model: str, threads: int, cpu: str, timings_path: Path, accuracy_pa
     rows = rows[rows.run_id == run_id]
     rows = rows[rows.threads == threads] if (rows.threads == threads).any() else rows
     scores = report.latest_accuracy(accuracy_path)
-    scores = scores[scores.beam_size == 1] if "beam_size" in scores else scores
     return report.speed_accuracy(rows, scores, run_id).assign(run_id=run_id, threads=rows.threads.max())
 
 
