@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from whisper_cpu import accuracy, audio, report
+from whisper_cpu import workspace
+from whisper_cpu.bench import accuracy, results, tables
 
 
 def test_english_normalization_makes_numbers_punctuation_and_case_agree():
@@ -37,17 +38,16 @@ def test_bootstrap_has_a_known_answer_on_toy_sets():
     assert low < 0 < high and abs(delta) < 0.01
 
 
-@pytest.fixture(scope="module")
-def two_clip_run(tmp_path_factory, mirror):
-    folder = tmp_path_factory.mktemp("accuracy")
-    with open(audio.MANIFEST, newline="", encoding="utf-8") as f:
+@pytest.fixture
+def two_clip_run(scratch, mirror):
+    folder = scratch.parent
+    with open(workspace.get().manifest, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["id"] in ("deepspeech_LDC93S1", "leopard_test_de", "leopard_test")]
     with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    opts = accuracy.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=folder / "manifest.csv",
-                            output=folder / "accuracy.csv", transcripts=folder / "transcripts")
+    opts = accuracy.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=folder / "manifest.csv")
     notes = []
     run_id = accuracy.run(opts, log=notes.append)
     return opts, run_id, notes
@@ -55,11 +55,12 @@ def two_clip_run(tmp_path_factory, mirror):
 
 def test_two_clip_run_writes_records_and_scores(two_clip_run):
     opts, run_id, notes = two_clip_run
-    records = pd.read_json(opts.transcripts / f"{run_id}.jsonl", lines=True)
+    records = pd.read_json(accuracy.transcripts_path(run_id, opts.decoding), lines=True)
     assert len(records) == 4 and set(records.method) == {"fp32", "qint8"}
     assert {"audio_id", "duration_s", "seconds", "reference", "hypothesis", "model", "method"} <= set(records.columns)
     assert notes == ["note: tiny.en is English-only; 1 non-English clips skipped for it"]
-    table = pd.read_csv(opts.output).set_index("method")
+    table = results.read("accuracy").set_index("method")
+    assert set(table.decoding) == {"fallback+cond"} and (table.fallbacks >= 0).all()
     assert table.loc["fp32", "n_utterances"] == 2 and table.loc["fp32", "language"] == "en"
     assert 0 < table.loc["fp32", "wer"] < 0.5 and table.loc["qint8", "rtfx"] > 1
     assert table.loc["qint8", "ci_low"] <= table.loc["qint8", "wer_delta"] <= table.loc["qint8", "ci_high"]
@@ -74,6 +75,6 @@ def test_timings_show_wer_beside_speed(two_clip_run):
          "window_tokens": 50, "contended": False}
         for m, w in (("fp32", 2.0), ("qint8", 1.0))
     ])
-    table = report.with_wer(report.summary(timings), report.latest_accuracy(opts.output)).set_index("method")
+    table = tables.with_wer(tables.summary(timings), tables.load_accuracy()).set_index("method")
     assert table.loc["fp32", "wer_pct"] > 0 and table.loc["fp32", "wer_delta_ci"] == ""
     assert table.loc["qint8", "wer_delta_ci"].count("[") == 1

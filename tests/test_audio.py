@@ -1,17 +1,20 @@
+import shutil
+
 import numpy as np
 import pytest
 
-from whisper_cpu import UserError, audio
+from whisper_cpu import UserError, audio, workspace
+from whisper_cpu.bench import inputs
 
 
 def test_manifest_lists_every_clip_and_all_verify(clips, mirror):
     assert len(clips) == 46
-    found = audio.available(list(clips.values()))
+    found = inputs.available(list(clips.values()))
     assert len(found) == 46
 
 
 def test_decodes_44k_stereo_flac_to_16k_mono(clips, mirror):
-    samples = audio.load(audio.locate(clips["whisper_jfk"]))
+    samples = audio.load(inputs.locate(clips["whisper_jfk"]))
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(len(samples) / audio.SAMPLE_RATE - 11.0) < 0.05
     assert 0.1 < np.abs(samples).max() <= 1.0
@@ -21,7 +24,7 @@ def test_sha256_mismatch_is_refused(tmp_path, clips, mirror):
     clip = clips["deepspeech_LDC93S1"]
     (tmp_path / clip.file).write_bytes((mirror / clip.file).read_bytes()[:-10])
     with pytest.raises(UserError, match="sha256 does not match"):
-        audio.locate(clip, tmp_path)
+        inputs.locate(clip, tmp_path)
 
 
 @pytest.mark.parametrize("content, message", [(None, "audio file not found"), (b"RIFF garbage" * 50, "cannot decode audio")])
@@ -34,22 +37,32 @@ def test_bad_files_give_one_clear_error(tmp_path, content, message):
 
 
 def test_window_joins_whole_consecutive_ljspeech_sentences(clips, mirror):
-    chosen = audio.window_clips(list(clips.values()), 30.0)
+    chosen = inputs.window_clips(list(clips.values()), 30.0)
     assert [c.id for c in chosen] == [f"coqui_LJ001-000{i}" for i in range(1, 5)]
-    clip = audio.window()
+    clip = inputs.window()
     assert clip.real and 25.0 < clip.duration_s <= 30.0
     assert clip.reference.startswith("Printing, in the only sense") and clip.reference.endswith("printed book,")
     assert abs(len(audio.load(clip.path)) / audio.SAMPLE_RATE - sum(c.duration_s for c in chosen)) < 0.05
 
 
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed and `make test` could not install it (not root)")
 def test_without_real_speech_the_window_falls_back_to_espeak(monkeypatch, tmp_path):
-    monkeypatch.setattr(audio, "mirror", lambda: None)
-    monkeypatch.setattr(audio, "CACHE", tmp_path)
+    monkeypatch.setattr(workspace.Workspace, "mirror", property(lambda self: None))
+    monkeypatch.setattr(workspace.Workspace, "cache", property(lambda self: tmp_path))
 
     def offline(*args, **kwargs):
         raise OSError("offline")
 
-    monkeypatch.setattr(audio.urllib.request, "urlopen", offline)
-    clip = audio.window()
+    monkeypatch.setattr(inputs.urllib.request, "urlopen", offline)
+    clip = inputs.window()
     assert not clip.real and clip.id == "espeak-fallback"
     assert clip.duration_s > 3.0
+
+
+def test_long_recordings_join_every_english_clip_in_two_orders(clips, mirror):
+    a, b = inputs.longform()
+    english = [c for c in clips.values() if c.language == "en"]
+    assert [p[0] for p in a.parts] == [c.id for c in english] and [p[0] for p in b.parts] == [c.id for c in english][::-1]
+    speech = sum(c.duration_s for c in english)
+    assert abs(a.duration_s - (speech + (len(english) - 1) * 1.0)) < 0.2
+    assert abs(b.duration_s - (speech + (len(english) - 1) * 0.5)) < 0.2

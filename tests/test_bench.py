@@ -1,17 +1,20 @@
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pandas as pd
+import pytest
 
-from whisper_cpu import audio, bench, report, results
+from whisper_cpu import UserError, machine, registry
+from whisper_cpu.bench import harness, inputs, results, tables
 
 
 def test_probe_sees_other_processes_using_the_cpu():
     burn = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
     try:
         time.sleep(0.3)
-        with bench.Probe() as probe:
+        with harness.Probe() as probe:
             time.sleep(1.0)
     finally:
         burn.kill()
@@ -19,20 +22,38 @@ def test_probe_sees_other_processes_using_the_cpu():
     assert probe.other_cpu_s > 0.5 and probe.contended()
 
 
-def test_bench_writes_whole_rows_and_resumes_an_interrupted_run(tmp_path, clips, mirror):
-    clip = audio.file_input(audio.locate(clips["deepspeech_LDC93S1"]))
-    output = tmp_path / "timings.csv"
-    opts = bench.Options(models=("tiny.en",), methods=("fp32", "qint8"), repeats=2, threads=1, output=output)
-    run_id = bench.run(opts, clip, log=lambda *_: None)
-    rows = pd.read_csv(output)
+def test_bench_writes_whole_rows_and_resumes_an_interrupted_run(scratch, clips, mirror):
+    clip = inputs.file_input(inputs.locate(clips["deepspeech_LDC93S1"]))
+    opts = harness.Options(models=("tiny.en",), methods=("fp32", "qint8"), repeats=2, threads=1)
+    run_id = harness.run(opts, clip, log=lambda *_: None)
+    rows = results.read("timings")
     assert len(rows) == 4 and set(rows.run_id) == {run_id}
     assert (rows.wall_s > 0).all() and (rows.encoder_s > 0).all() and (rows.decoder_s > 0).all()
     assert rows.transcript.str.lower().str.contains("greasy wash").all()
     assert {"cpu", "isa", "torch", "openai_whisper", "quantized_engine", "other_cpu_s"} <= set(rows.columns)
+    # what the report used to recompute by importing models is recorded with the row
+    assert set(rows.arithmetic) == {"fp32", "int8"} and (rows.encoder_gflop > 30).all() and (rows.decoder_gflop > 0).all()
+    assert set(rows.decoding) == {"fallback+cond"} and (rows.fallbacks >= 0).all()
 
-    bench.run(bench.Options(**{**vars(opts), "repeats": 3}), clip, run_id=run_id, log=lambda *_: None)
-    rows = pd.read_csv(output)
+    harness.run(replace(opts, repeats=3), clip, run_id=run_id, log=lambda *_: None)
+    rows = results.read("timings")
     assert len(rows) == 6 and sorted(rows[rows.method == "qint8"].repeat) == [0, 1, 2]
+
+
+def test_resuming_a_run_that_never_existed_is_refused(scratch):
+    with pytest.raises(UserError, match="no run 'typo-123'"):
+        harness.check_resume("typo-123")
+    harness.check_resume(None)
+
+
+def test_ctrl_c_names_the_run_to_resume(scratch, monkeypatch, clips, mirror):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "_run", interrupt)
+    with pytest.raises(harness.Interrupted) as stop:
+        harness.run(harness.Options(models=("tiny.en",), methods=("fp32",)), None, run_id="r-given")
+    assert stop.value.run_id == "r-given"
 
 
 def fixture_timings():
@@ -48,7 +69,7 @@ def fixture_timings():
 
 
 def test_summary_takes_medians_and_same_run_speedups():
-    table = report.summary(fixture_timings()).set_index("method")
+    table = tables.summary(fixture_timings()).set_index("method")
     assert table.loc["fp32", "wall_s"] == 3.0 and table.loc["qint8", "wall_s"] == 1.5
     assert table.loc["qint8", "speedup_vs_fp32"] == 2.0
     assert table.loc["qint8", "x_realtime"] == 20.0
@@ -56,31 +77,36 @@ def test_summary_takes_medians_and_same_run_speedups():
 
 
 def test_compare_puts_ours_beside_the_published_speedup():
-    table = report.compare(fixture_timings(), report.published()).set_index("model")
-    assert table.loc["base", "qint8_speedup"] == 2.0
+    table = tables.compare(fixture_timings(), tables.published()).set_index("model")
+    assert table.loc["base", "qint8_speedup"] == 2.0 and table.loc["base", "run_id"] == "r1"
     assert table.loc["base", "published_qint8_speedup"] == round(5.2 / 3.2, 2)
     assert table.loc["base", "published_qint8_x_realtime"] == round(30 / 3.2, 2)
 
 
+def test_compare_takes_per_model_the_freshest_run_that_timed_both_sides():
+    old = fixture_timings()
+    partial = old[old.method.isin(["fp32", "qint8"])].assign(run_id="r2", wall_s=9.0)  # no fp32-nn: not complete
+    tiny = old.assign(run_id="r3", model="tiny.en")
+    table = tables.compare(pd.concat([old, partial, tiny]), tables.published()).set_index("model")
+    assert table.loc["base", "run_id"] == "r1" and table.loc["base", "qint8_speedup"] == 2.0
+    assert table.loc["tiny.en", "run_id"] == "r3"
+
+
 def test_default_threads_never_oversubscribe():
-    assert results.default_threads() <= results.physical_cores()
+    assert machine.default_threads() <= machine.physical_cores()
 
 
 def test_methods_that_cannot_run_here_are_skipped_with_a_note(monkeypatch):
-    from whisper_cpu import methods
-
-    monkeypatch.setitem(methods.REGISTRY, "bf16", methods.REGISTRY["bf16"].__class__(
-        **{**vars(methods.REGISTRY["bf16"]), "unavailable": lambda: "needs a CPU with avx512_bf16 or amx_bf16"}))
-    pairs, notes = bench.plan(bench.Options(models=("tiny.en",), methods=("fp32", "bf16")))
-    assert ("tiny.en", "fp32") in pairs and ("tiny.en", "bf16") not in pairs
+    monkeypatch.setitem(registry.REGISTRY, "bf16", replace(registry.REGISTRY["bf16"], unavailable=lambda: "needs a CPU with avx512_bf16 or amx_bf16"))
+    pairs, notes = harness.plan(harness.Options(models=("tiny.en",), methods=("fp32", "bf16")))
+    assert pairs == [("tiny.en", "fp32")]  # and nothing quietly added
     assert "note: bf16 skipped: needs a CPU with avx512_bf16 or amx_bf16" in notes
 
 
-def test_memory_is_measured_in_a_fresh_process(tmp_path, clips, mirror):
-    clip = audio.file_input(audio.locate(clips["deepspeech_LDC93S1"]))
-    output = tmp_path / "memory.csv"
-    bench.measure_memory(bench.Options(models=("tiny.en",), methods=("fp32", "qint8"), threads=1), clip, "r1", output)
-    rows = pd.read_csv(output).set_index("method")
+def test_memory_is_measured_in_a_fresh_process(scratch, clips, mirror):
+    clip = inputs.file_input(inputs.locate(clips["deepspeech_LDC93S1"]))
+    harness.measure_memory(harness.Options(models=("tiny.en",), methods=("fp32", "qint8"), threads=1), clip, "r1")
+    rows = results.read("memory").set_index("method")
     assert rows.loc["fp32", "peak_rss_mb"] > rows.loc["fp32", "model_rss_mb"] > 100
     assert rows.loc["fp32", "peak_rss_mb"] < 2000  # the child's own peak, not its parent's
     assert rows.loc["qint8", "weights_disk_mb"] == rows.loc["fp32", "weights_disk_mb"] > 50

@@ -14,11 +14,12 @@ def cli(*args, cwd=None):
         (["bench", "--models", "huge"], "unknown model 'huge'"),
         (["bench", "--methods", "int3"], "unknown method 'int3'"),
         (["bench", "--audio", "no-such-file.wav"], "audio file not found"),
-        (["compare", "--timings", "no-such.csv"], "no timings at"),
+        (["compare"], "no timings under"),
+        (["bench", "--resume", "typo-123"], "no run 'typo-123'"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(args, message, tmp_path):
-    done = cli(*args, "--output", str(tmp_path / "t.csv")) if args[0] == "bench" else cli(*args)
+    done = cli("--workspace", str(tmp_path), *args)
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -32,5 +33,5 @@ def test_oversubscribed_threads_are_refused():
 def test_corrupt_audio_is_one_line(tmp_path):
     bad = tmp_path / "bad.flac"
     bad.write_bytes(b"fLaC" + b"\x00" * 100)
-    done = cli("bench", "--models", "tiny.en", "--audio", str(bad), "--output", str(tmp_path / "t.csv"))
+    done = cli("bench", "--models", "tiny.en", "--audio", str(bad))
     assert done.returncode == 2 and "bad.flac" in done.stderr and "Traceback" not in done.stderr

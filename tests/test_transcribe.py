@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -6,86 +7,78 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from whisper_cpu import UserError, audio, methods, results, transcribe
+from whisper_cpu import UserError, audio, machine, registry, transcribe
+from whisper_cpu.bench import inputs, tables
+from whisper_cpu.runner import DecodeOptions, Transcript
 
-HERE = results.cpu_name()
+HERE = machine.cpu_name()
 FORMATS = ("txt", "srt", "vtt", "json", "tsv")
+DECODING = DecodeOptions().tag
 
 
-def system_of(method):
-    return methods.REGISTRY[method].system if method in methods.REGISTRY else "whisper_cpu"
+def write_choices(path, rows):
+    """rows: (method, threads, seconds per 30 s, faithful[, cpu]) for base."""
+    path.write_text(json.dumps({"choices": [
+        {"cpu": r[4] if len(r) > 4 else HERE, "model": "base", "threads": r[1], "method": r[0], "s_per_30s": r[2],
+         "timing_run": f"t{r[1]}", "faithful": r[3], "why": "short clips: ...; long recordings: ..."} for r in rows]}))
+    return path
 
 
-def write_timings(path, runs, model="base"):
-    """runs: (run_id, cpu, threads, {method: seconds per 30 s window})."""
-    rows = [
-        {"run_id": run_id, "timestamp": "2026-01-01T00:00:00+00:00", "cpu": cpu, "physical_cores": 2, "threads": threads,
-         "system": system_of(method), "model": model, "method": method, "device": "cpu", "beam_size": 1,
-         "audio_id": "lj-window-30s", "audio_s": 30.0, "repeat": repeat, "load_s": 1.0, "wall_s": wall + 0.1 * (repeat - 1),
-         "encoder_s": 0.1, "decoder_s": 0.2, "window_tokens": 80, "contended": False}
-        for run_id, cpu, threads, walls in runs for method, wall in walls.items() for repeat in range(3)
-    ]
-    pd.DataFrame(rows).to_csv(path, index=False)
+def test_auto_picks_the_fastest_faithful_method_of_ours(tmp_path):
+    path = write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True), ("qint8", 2, 1.0, False), ("qint8-logits", 2, 1.5, True),
+                                                     ("faster-whisper-int8", 2, 0.5, True), ("no-such-method", 2, 0.2, True)])
+    name, why = transcribe.choose_method("base", 2, path)
+    assert name == "qint8-logits"  # qint8 is faster but not faithful; peers and unknown names never run
+    assert HERE in why and "1.50 s per 30 s" in why and "run t2" in why and "long recordings" in why
 
 
-def write_accuracy(path, ci_lows, model="base"):
-    """ci_lows: {method: lower end of the WER change's 95% CI against fp32}; fp32 has none."""
-    rows = [
-        {"run_id": "a1", "cpu": HERE, "beam_size": 1, "model": model, "method": method, "system": system_of(method),
-         "language": "en", "wer": 0.06, "metric": "wer", "wer_delta": None if low is None else low + 0.01,
-         "ci_low": low, "ci_high": None if low is None else low + 0.02}
-        for method, low in {"fp32": None, **ci_lows}.items()
-    ]
-    pd.DataFrame(rows).to_csv(path, index=False)
+def test_auto_falls_back_to_fp32_when_no_faster_method_is_faithful(tmp_path):
+    path = write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True), ("qint8", 2, 1.0, False)])
+    assert transcribe.choose_method("base", 2, path)[0] == "fp32"
 
 
-@pytest.fixture
-def csvs(tmp_path):
-    write_accuracy(tmp_path / "accuracy.csv", {"fp32-nn": 0.0, "qint8": 0.002, "qint8-logits": -0.01,
-                                               "faster-whisper-int8": -0.01, "no-such-method": -0.01})
-    return tmp_path / "timings.csv", tmp_path / "accuracy.csv"
+def test_auto_ignores_another_cpu_and_prefers_the_thread_count_asked_for(tmp_path):
+    other = HERE + " (another)"
+    path = write_choices(tmp_path / "choices.json", [("fp32", 1, 3.0, True), ("fp32-nn", 1, 1.0, True), ("qint8-logits", 1, 1.5, True),
+                                                     ("fp32", 2, 2.0, True), ("qint8-logits", 2, 1.0, True), ("qint8", 2, 0.1, True, other)])
+    assert transcribe.choose_method("base", 1, path)[0] == "fp32-nn"
+    assert transcribe.choose_method("base", 2, path)[0] == "qint8-logits"
+    assert transcribe.choose_method("base", 8, path)[0] == "qint8-logits"  # not measured: the highest count measured
 
 
-def test_auto_picks_the_fastest_method_not_measurably_less_accurate(csvs):
-    timings, accuracy = csvs
-    walls = {"fp32": 3.0, "fp32-nn": 2.9, "qint8": 1.0, "qint8-logits": 1.5, "faster-whisper-int8": 0.5, "no-such-method": 0.2}
-    write_timings(timings, [("r1", HERE, 2, walls)])
-    name, why = transcribe.choose_method("base", 2, timings, accuracy)
-    assert name == "qint8-logits"  # qint8 is faster but its CI lies above zero; peers and unknown names never run
-    assert HERE in why and "1.50 s per 30 s" in why and "run r1" in why and "WER +0.00 [-1.00, +1.00] points" in why
+def test_auto_uses_the_documented_default_when_nothing_was_measured_here(tmp_path):
+    for path in (write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True, "Other CPU")]), tmp_path / "missing.json"):
+        name, why = transcribe.choose_method("base", 2, path)
+        assert name == registry.DEFAULT and "documented default" in why
+    registry.ours(name)  # the default is one of ours and runs here
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(UserError, match="unreadable"):
+        transcribe.choose_method("base", 2, tmp_path / "broken.json")
 
 
-def test_auto_falls_back_to_fp32_when_every_faster_method_loses_accuracy(csvs):
-    timings, accuracy = csvs
-    write_timings(timings, [("r1", HERE, 2, {"fp32": 3.0, "qint8": 1.0, "faster-whisper-int8": 0.5})])
-    assert transcribe.choose_method("base", 2, timings, accuracy)[0] == "fp32"
+def timing_rows(run_id, walls, decoding=DECODING, cpu=HERE):
+    return [{"run_id": run_id, "cpu": cpu, "model": "base", "method": m, "device": "cpu", "beam_size": 1, "threads": 2, "decoding": decoding,
+             "audio_id": "w", "audio_s": 30.0, "wall_s": w} for m, w in walls.items()]
 
 
-def test_auto_ignores_rows_from_another_cpu(csvs):
-    timings, accuracy = csvs
-    other = "Other CPU" if HERE != "Other CPU" else "Another CPU"
-    write_timings(timings, [("r1", HERE, 2, {"fp32": 3.0, "fp32-nn": 2.9, "qint8-logits": 1.5}),
-                            ("r2", other, 2, {"fp32": 3.0, "fp32-nn": 0.1, "qint8-logits": 1.5})])
-    name, why = transcribe.choose_method("base", 2, timings, accuracy)
-    assert name == "qint8-logits" and "run r1" in why
+def score_rows(run_id, lows, decoding=DECODING, **extra):
+    return [{"run_id": run_id, "cpu": HERE, "model": "base", "method": m, "language": "en", "beam_size": 1, "decoding": decoding,
+             "wer_delta": lo, "ci_low": lo, "ci_high": lo + 0.02, **extra} for m, lo in lows.items()]
 
 
-def test_auto_prefers_rows_at_the_thread_count_asked_for(csvs):
-    timings, accuracy = csvs
-    write_timings(timings, [("r1", HERE, 1, {"fp32": 3.0, "fp32-nn": 1.0, "qint8-logits": 1.5}),
-                            ("r1", HERE, 2, {"fp32": 2.0, "fp32-nn": 1.9, "qint8-logits": 1.0})])
-    assert transcribe.choose_method("base", 1, timings, accuracy)[0] == "fp32-nn"
-    assert transcribe.choose_method("base", 2, timings, accuracy)[0] == "qint8-logits"
-    assert transcribe.choose_method("base", 8, timings, accuracy)[0] == "qint8-logits"  # not measured: the run's highest
-
-
-def test_auto_uses_the_documented_default_when_nothing_was_measured_here(csvs):
-    timings, accuracy = csvs
-    write_timings(timings, [("r1", HERE, 2, {"fp32": 3.0, "qint8-logits": 1.5})], model="tiny.en")
-    for path in (timings, timings.with_name("missing.csv")):
-        name, why = transcribe.choose_method("base", 2, path, accuracy)
-        assert name == methods.DEFAULT and "documented default" in why
-    transcribe.ours(name)  # the default is one of ours and runs here
+def test_choices_need_both_gates_and_take_each_methods_freshest_timing():
+    timings = pd.DataFrame(timing_rows("old", {"fp32": 3.0, "fast-qint8": 0.5, "qint8": 1.0}) + timing_rows("new", {"fast-qint8": 1.2})
+                           + timing_rows("t0-run", {"qint8": 0.1}, decoding="t0") + timing_rows("x", {"faster-whisper-int8": 0.1}))
+    short = pd.DataFrame(score_rows("s1", {"fp32": float("nan"), "fast-qint8": -0.01, "qint8": -0.01}))
+    long = pd.DataFrame(score_rows("l1", {"fp32": float("nan"), "fast-qint8": 0.02, "qint8": -0.005}, audio_id="all"))
+    found = {c["method"]: c for c in tables.choices(timings, short, long, DECODING)}
+    assert set(found) == {"fp32", "fast-qint8", "qint8"}  # peers are never chosen
+    assert found["fast-qint8"]["s_per_30s"] == 1.2 and found["fast-qint8"]["timing_run"] == "new"  # freshest, not fastest
+    assert not found["fast-qint8"]["faithful"] and "run l1" in found["fast-qint8"]["why"]  # its long-form CI lies above zero
+    assert found["qint8"]["faithful"] and found["qint8"]["s_per_30s"] == 1.0  # the t0 row is not what users run
+    assert found["fp32"]["faithful"]
+    no_long = {c["method"]: c for c in tables.choices(timings, short, long.iloc[:0], DECODING)}
+    assert not no_long["qint8"]["faithful"] and "not measured" in no_long["qint8"]["why"]
 
 
 def test_languages():
@@ -98,11 +91,10 @@ def test_languages():
 
 
 def test_empty_transcripts_are_written_with_a_note_and_clashing_names_refused(monkeypatch, tmp_path, clips, mirror, capsys):
-    empty = {"text": "", "segments": [], "language": "en"}
-    fake = SimpleNamespace(model=SimpleNamespace(transcribe=lambda samples, **options: empty))
-    monkeypatch.setitem(methods.REGISTRY, "fake", methods.Method("fake", "returns nothing", lambda model, threads: fake))
+    fake = SimpleNamespace(transcribe=lambda samples, options, progress=False: Transcript("", [], "en"))
+    monkeypatch.setitem(registry.REGISTRY, "fake", registry.Entry("fake", registry.OURS, "returns nothing", lambda model, threads: fake))
     monkeypatch.setattr(transcribe.torch, "set_num_threads", lambda n: None)  # leave the other tests' threads alone
-    clip = audio.locate(clips["deepspeech_LDC93S1"])
+    clip = inputs.locate(clips["deepspeech_LDC93S1"])
     (tmp_path / "again").mkdir()
     again = tmp_path / "again" / clip.name
     again.write_bytes(clip.read_bytes())
@@ -123,7 +115,7 @@ def errors(done):
 
 
 def test_transcribes_a_real_clip_into_every_format(tmp_path, clips, mirror):
-    clip = audio.locate(clips["deepspeech_LDC93S1"])
+    clip = inputs.locate(clips["deepspeech_LDC93S1"])
     done = cli(str(clip), "--model", "tiny.en", "--method", "qint8-logits", "--output-format", "all", "--output-dir", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     written = {tmp_path / "out" / f"{clip.stem}.{f}" for f in FORMATS}
@@ -135,7 +127,7 @@ def test_transcribes_a_real_clip_into_every_format(tmp_path, clips, mirror):
 
 
 def test_a_bad_file_fails_alone(tmp_path, clips, mirror):
-    clip = audio.locate(clips["deepspeech_LDC93S1"])
+    clip = inputs.locate(clips["deepspeech_LDC93S1"])
     silent = tmp_path / "silent.wav"
     audio.write_wav(silent, np.zeros(3 * audio.SAMPLE_RATE, dtype=np.float32))
     missing = tmp_path / "missing.wav"

@@ -1,8 +1,8 @@
-"""whisper-cpu: measured, quantized OpenAI Whisper on ordinary CPUs."""
+"""whisper-cpu: measured, quantized OpenAI Whisper on ordinary CPUs.
 
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+The library (this package's modules) transcribes; the benchmark (`whisper_cpu.bench`) measures. The library
+never imports the benchmark.
+"""
 
 
 class UserError(Exception):

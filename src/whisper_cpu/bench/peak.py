@@ -12,7 +12,6 @@ import torch
 from . import results
 
 SIZE = 2048  # large enough to be compute-bound on a laptop or server core, small enough to measure in seconds
-PEAK = results.RESULTS / "peak.csv"
 
 
 def _operands(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,13 +35,14 @@ def gemm_gflops(kind: str, threads: int, repeats: int = 5) -> float:
 
 
 def measure(run_id: str, threads: int, kinds=("fp32", "bf16", "int8")) -> list[dict]:
-    """Peak rows for this run, kept in results/peak.csv (a resumed run keeps the rows it has)."""
-    if any(r["run_id"] == run_id and int(r["threads"]) == threads for r in results.read_rows(PEAK)):
+    """Peak rows for this run, kept in the `peak` table (a resumed run keeps the rows it has)."""
+    done = results.read("peak")
+    if len(done) and ((done.run_id == run_id) & (done.threads == threads)).any():
         return []
     env = results.environment(threads)
     rows = [{"run_id": run_id, "timestamp": results.now(), **env, "arithmetic": kind, "size": SIZE,
              "gflops": round(gemm_gflops(kind, threads), 1)} for kind in kinds]
-    results.append_rows(PEAK, rows)
+    results.append("peak", rows)
     return rows
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import whisper
 
-from . import UserError, models
+from .. import UserError, models, workspace
+from ..files import write_with
 
 GGML_MAGIC = 0x67676D6C
 QNT_VERSION = 2  # GGML_QNT_VERSION: quantized files carry it in ftype as 1000 * version + ftype
@@ -121,8 +122,8 @@ def write(checkpoint: dict | str | Path, target: str | Path, ftype: str = "f16")
 
 def model_file(name: str, ftype: str = "f16") -> Path:
     """The cached ggml file models/ggml/<name>-<ftype>.bin, written (atomically) on first use."""
-    target = models.MODELS_DIR / "ggml" / f"{name}-{ftype}.bin"
+    target = workspace.get().models / "ggml" / f"{name}-{ftype}.bin"
     if not target.exists():
         source = models.checkpoint_path(name)
-        models.atomic_write_file(lambda tmp: write(source, tmp, ftype), target)
+        write_with(lambda tmp: write(source, tmp, ftype), target)
     return target

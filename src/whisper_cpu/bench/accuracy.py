@@ -1,13 +1,14 @@
-"""What quantization costs in accuracy: WER per model x method on real speech, deltas against fp32 with CIs.
+"""What a method costs in accuracy on short clips: WER per model x method, deltas against fp32 with CIs.
 
-Scoring follows the Whisper paper and the Open ASR Leaderboard: both sides go through openai-whisper's
-EnglishTextNormalizer (BasicTextNormalizer for other languages), errors are summed over the corpus, and
-languages written without spaces are scored by characters. Raw per-utterance records come first
-(results/transcripts/<run_id>.jsonl); every figure in results/accuracy.csv is derived from them.
+Each clip is transcribed by `Runner.transcribe` with the transcriber's own decoding options (temperature
+fallback included), so the gate measures what users run. Scoring follows the Whisper paper and the Open ASR
+Leaderboard: both sides through openai-whisper's EnglishTextNormalizer (BasicTextNormalizer for other
+languages), errors summed over the corpus, languages written without spaces scored by characters. Raw
+per-utterance records come first (results/transcripts/<run_id>.jsonl); every score is derived from them.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jiwer
@@ -16,7 +17,9 @@ import torch
 from tqdm import tqdm
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
-from . import UserError, audio, methods, models, results
+from .. import UserError, machine, models, registry, workspace
+from ..runner import DecodeOptions
+from . import inputs, results
 
 CHARACTER_LANGUAGES = {"ja", "ko", "zh", "th", "lo", "my", "km"}
 _ENGLISH, _BASIC = EnglishTextNormalizer(), BasicTextNormalizer()
@@ -53,31 +56,35 @@ def bootstrap_delta(base_errors, errors_, words, n: int = 10000, seed: int = 0) 
     return float(delta), float(low), float(high)
 
 
+def multilingual(model: str) -> bool:
+    return models.dims(model).n_vocab >= 51865
+
+
 @dataclass(frozen=True)
 class Options:
     models: tuple[str, ...] = ("tiny.en", "base")
     methods: tuple[str, ...] = ("fp32", "fp32-nn", "qint8")
-    beam_size: int | None = None
+    decoding: DecodeOptions = DecodeOptions()
     threads: int = 0
-    manifest: Path = audio.MANIFEST
+    manifest: Path | None = None
     audio_dir: Path | None = None
-    output: Path = results.ACCURACY
-    transcripts: Path = results.TRANSCRIPTS
 
 
 def transcribe_clips(model_name: str, method_name: str, clips: list, opts: Options, threads: int, run_id: str, bar) -> list[dict]:
     """One record per utterance, as the Open ASR Leaderboard keeps them."""
-    runner = methods.get(method_name).load(model_name, threads)
+    runner = registry.get(method_name).load(model_name, threads)
+    decoding = lambda clip: replace(opts.decoding, language=clip.language if runner.multilingual else "en")  # noqa: E731
     shortest = min(clips, key=lambda item: item[0].duration_s)
-    runner.transcribe(shortest[1], shortest[0].language, opts.beam_size)  # warm-up, so RTFx is steady-state
+    runner.transcribe(shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
     records = []
     for clip, path in clips:
         start = time.perf_counter()
-        text = runner.transcribe(path, clip.language, opts.beam_size)["text"]
+        transcript = runner.transcribe(path, decoding(clip))
         records.append({
             "run_id": run_id, "model": model_name, "method": method_name, "audio_id": clip.id,
             "language": clip.language, "duration_s": clip.duration_s, "seconds": round(time.perf_counter() - start, 4),
-            "reference": clip.reference, "hypothesis": text,
+            "decoding": opts.decoding.tag, "fallbacks": transcript.fallbacks,
+            "reference": clip.reference, "hypothesis": transcript.text,
         })
         bar.update(1)
     return records
@@ -93,12 +100,13 @@ def score(records: list[dict]) -> list[dict]:
     for (model, method, language), group in groups.items():
         group = sorted(group, key=lambda r: r["audio_id"])
         row = {
-            "model": model, "method": method, "system": methods.get(method).system, "language": language,
+            "model": model, "method": method, "system": registry.get(method).system.name, "language": language,
             "n_utterances": len(group), "audio_s": round(sum(r["duration_s"] for r in group), 3),
             "wer": round(sum(r["word_errors"] for r in group) / sum(r["words"] for r in group), 5),
             "cer": round(sum(r["char_errors"] for r in group) / sum(r["chars"] for r in group), 5),
             "rtfx": round(sum(r["duration_s"] for r in group) / sum(r["seconds"] for r in group), 2),
             "metric": "cer" if language in CHARACTER_LANGUAGES else "wer",
+            "fallbacks": sum(r.get("fallbacks") or 0 for r in group),
         }
         base = sorted(groups.get((model, "fp32", language), []), key=lambda r: r["audio_id"])
         if method != "fp32" and [r["audio_id"] for r in base] == [r["audio_id"] for r in group]:
@@ -110,20 +118,25 @@ def score(records: list[dict]) -> list[dict]:
     return rows
 
 
+def transcripts_path(run_id: str, decoding: DecodeOptions) -> Path:
+    beam = decoding.beam_size or 1
+    return workspace.get().results / "transcripts" / (f"{run_id}.jsonl" if beam == 1 else f"{run_id}-beam{beam}.jsonl")
+
+
 def run(opts: Options, run_id: str | None = None, log=print) -> str:
     """Transcribe every available clip with every model x method (fp32 always, as the baseline)."""
     run_id = run_id or results.new_run_id()
-    threads = opts.threads or results.default_threads()
+    threads = opts.threads or machine.default_threads()
     torch.set_num_threads(threads)
-    found = audio.available(audio.read_manifest(opts.manifest), opts.audio_dir)
+    manifest = opts.manifest or workspace.get().manifest
+    found = inputs.available(inputs.read_manifest(manifest), opts.audio_dir)
     if not found:
-        raise UserError(f"no clip of {opts.manifest} is here (set AUDIO_MIRROR or --audio-dir) or downloadable")
-    transcripts = Path(opts.transcripts) / (f"{run_id}.jsonl" if (opts.beam_size or 1) == 1 else f"{run_id}-beam{opts.beam_size}.jsonl")
+        raise UserError(f"no clip of {manifest} is here (set AUDIO_MIRROR or --audio-dir) or downloadable")
+    transcripts = transcripts_path(run_id, opts.decoding)
     done = {(r["model"], r["method"], r["audio_id"]) for r in results.read_jsonl(transcripts)}
     todo = []
     for model_name in opts.models:
-        multilingual = models.dims(model_name).n_vocab >= 51865
-        clips = [(c, p) for c, p in found if multilingual or c.language == "en"]
+        clips = [(c, p) for c, p in found if multilingual(model_name) or c.language == "en"]
         if len(clips) < len(found):
             log(f"note: {model_name} is English-only; {len(found) - len(clips)} non-English clips skipped for it")
         for method_name in dict.fromkeys(("fp32", *opts.methods)):
@@ -136,8 +149,8 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
         results.append_jsonl(transcripts, transcribe_clips(model_name, method_name, pending, opts, threads, run_id, bar))
     bar.close()
     env = results.environment(threads)
-    rows = [{"run_id": run_id, "timestamp": results.now(), **env, "beam_size": opts.beam_size or 1, **row}
-            for row in score(results.read_jsonl(transcripts))]
-    results.append_rows(opts.output, rows)
+    wanted = {(m, k) for m in opts.models for k in ("fp32", *opts.methods)}
+    records = [r for r in results.read_jsonl(transcripts) if (r["model"], r["method"]) in wanted]
+    results.append("accuracy", [{"run_id": run_id, "timestamp": results.now(), **env, "beam_size": opts.decoding.beam_size or 1,
+                                 "decoding": opts.decoding.tag, **row} for row in score(records)])
     return run_id
-

@@ -1,0 +1,45 @@
+"""Decoding any file to what Whisper reads: 16 kHz mono float32, through PyAV (no ffmpeg binary needed)."""
+
+import os
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+
+from . import UserError
+
+SAMPLE_RATE = 16000
+
+
+def load(path: Path) -> np.ndarray:
+    """Decode any file PyAV reads to 16 kHz mono float32, as openai-whisper's ffmpeg call would."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"audio file not found: {path}")
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    chunks = []
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise UserError(f"{path}: no audio stream")
+            for frame in container.decode(audio=0):
+                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+    except av.error.FFmpegError as error:
+        raise UserError(f"cannot decode audio {path}: {error}") from None
+    if not chunks or sum(c.size for c in chunks) == 0:
+        raise UserError(f"{path}: no audio samples")
+    return np.concatenate(chunks, axis=1).reshape(-1).astype(np.float32) / 32768.0
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pcm = (np.clip(samples, -1, 1 - 1 / 32768) * 32768).astype("<i2")
+    with wave.open(str(path) + ".part", "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    os.replace(str(path) + ".part", path)

@@ -1,0 +1,156 @@
+"""What a method costs in accuracy on short clips: WER per model x method, deltas against fp32 with CIs.
+
+Each clip is transcribed by `Runner.transcribe` with the transcriber's own decoding options (temperature
+fallback included), so the gate measures what users run. Scoring follows the Whisper paper and the Open ASR
+Leaderboard: both sides through openai-whisper's EnglishTextNormalizer (BasicTextNormalizer for other
+languages), errors summed over the corpus, languages written without spaces scored by characters. Raw
+per-utterance records come first (results/transcripts/<run_id>.jsonl); every score is derived from them.
+"""
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+from tqdm import tqdm
+from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+from .. import UserError, machine, models, registry, workspace
+from ..runner import DecodeOptions
+from . import inputs, results
+
+CHARACTER_LANGUAGES = {"ja", "ko", "zh", "th", "lo", "my", "km"}
+_ENGLISH, _BASIC = EnglishTextNormalizer(), BasicTextNormalizer()
+
+
+def normalize(text: str, language: str) -> str:
+    normalized = (_ENGLISH if language == "en" else _BASIC)(text)
+    return "".join(normalized.split()) if language in CHARACTER_LANGUAGES else " ".join(normalized.split())
+
+
+def errors(reference: str, hypothesis: str, language: str) -> dict:
+    """Edit counts on normalized text: words (characters where words are not spaced), and characters."""
+    ref, hyp = normalize(reference, language), normalize(hypothesis, language)
+    if not ref:
+        raise ValueError("empty reference after normalization")
+    chars = jiwer.process_characters(ref, hyp)
+    char_errors = chars.substitutions + chars.deletions + chars.insertions
+    if language in CHARACTER_LANGUAGES:
+        return {"word_errors": char_errors, "words": len(ref), "char_errors": char_errors, "chars": len(ref)}
+    words = jiwer.process_words(ref, hyp)
+    return {
+        "word_errors": words.substitutions + words.deletions + words.insertions, "words": len(ref.split()),
+        "char_errors": char_errors, "chars": len(ref),
+    }
+
+
+def bootstrap_delta(base_errors, errors_, words, n: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """Paired bootstrap over utterances of the corpus-WER difference: (delta, 2.5%, 97.5%)."""
+    base_errors, errors_, words = (np.asarray(a, dtype=float) for a in (base_errors, errors_, words))
+    delta = (errors_.sum() - base_errors.sum()) / words.sum()
+    index = np.random.default_rng(seed).integers(0, len(words), size=(n, len(words)))
+    samples = (errors_[index].sum(1) - base_errors[index].sum(1)) / words[index].sum(1)
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(delta), float(low), float(high)
+
+
+def multilingual(model: str) -> bool:
+    return models.dims(model).n_vocab >= 51865
+
+
+@dataclass(frozen=True)
+class Options:
+    models: tuple[str, ...] = ("tiny.en", "base")
+    methods: tuple[str, ...] = ("fp32", "fp32-nn", "qint8")
+    decoding: DecodeOptions = DecodeOptions()
+    threads: int = 0
+    manifest: Path | None = None
+    audio_dir: Path | None = None
+
+
+def transcribe_clips(model_name: str, method_name: str, clips: list, opts: Options, threads: int, run_id: str, bar) -> list[dict]:
+    """One record per utterance, as the Open ASR Leaderboard keeps them."""
+    runner = registry.get(method_name).load(model_name, threads)
+    decoding = lambda clip: replace(opts.decoding, language=clip.language if runner.multilingual else "en")  # noqa: E731
+    shortest = min(clips, key=lambda item: item[0].duration_s)
+    runner.transcribe(shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
+    records = []
+    for clip, path in clips:
+        start = time.perf_counter()
+        transcript = runner.transcribe(path, decoding(clip))
+        records.append({
+            "run_id": run_id, "model": model_name, "method": method_name, "audio_id": clip.id,
+            "language": clip.language, "duration_s": clip.duration_s, "seconds": round(time.perf_counter() - start, 4),
+            "decoding": opts.decoding.tag, "fallbacks": transcript.fallbacks,
+            "reference": clip.reference, "hypothesis": transcript.text,
+        })
+        bar.update(1)
+    return records
+
+
+def score(records: list[dict]) -> list[dict]:
+    """Per model x method x language: corpus WER/CER, RTFx, and the delta against fp32 with its 95% CI."""
+    scored = [r | errors(r["reference"], r["hypothesis"], r["language"]) for r in records]
+    groups: dict[tuple, list[dict]] = {}
+    for r in scored:
+        groups.setdefault((r["model"], r["method"], r["language"]), []).append(r)
+    rows = []
+    for (model, method, language), group in groups.items():
+        group = sorted(group, key=lambda r: r["audio_id"])
+        row = {
+            "model": model, "method": method, "system": registry.get(method).system.name, "language": language,
+            "n_utterances": len(group), "audio_s": round(sum(r["duration_s"] for r in group), 3),
+            "wer": round(sum(r["word_errors"] for r in group) / sum(r["words"] for r in group), 5),
+            "cer": round(sum(r["char_errors"] for r in group) / sum(r["chars"] for r in group), 5),
+            "rtfx": round(sum(r["duration_s"] for r in group) / sum(r["seconds"] for r in group), 2),
+            "metric": "cer" if language in CHARACTER_LANGUAGES else "wer",
+            "fallbacks": sum(r.get("fallbacks") or 0 for r in group),
+        }
+        base = sorted(groups.get((model, "fp32", language), []), key=lambda r: r["audio_id"])
+        if method != "fp32" and [r["audio_id"] for r in base] == [r["audio_id"] for r in group]:
+            delta, low, high = bootstrap_delta([r["word_errors"] for r in base], [r["word_errors"] for r in group], [r["words"] for r in group])
+            same = [normalize(a["hypothesis"], language) == normalize(b["hypothesis"], language) for a, b in zip(base, group)]
+            row |= {"wer_delta": round(delta, 5), "ci_low": round(low, 5), "ci_high": round(high, 5),
+                    "identical_to_fp32": round(float(np.mean(same)), 3)}
+        rows.append(row)
+    return rows
+
+
+def transcripts_path(run_id: str, decoding: DecodeOptions) -> Path:
+    beam = decoding.beam_size or 1
+    return workspace.get().results / "transcripts" / (f"{run_id}.jsonl" if beam == 1 else f"{run_id}-beam{beam}.jsonl")
+
+
+def run(opts: Options, run_id: str | None = None, log=print) -> str:
+    """Transcribe every available clip with every model x method (fp32 always, as the baseline)."""
+    run_id = run_id or results.new_run_id()
+    threads = opts.threads or machine.default_threads()
+    torch.set_num_threads(threads)
+    manifest = opts.manifest or workspace.get().manifest
+    found = inputs.available(inputs.read_manifest(manifest), opts.audio_dir)
+    if not found:
+        raise UserError(f"no clip of {manifest} is here (set AUDIO_MIRROR or --audio-dir) or downloadable")
+    transcripts = transcripts_path(run_id, opts.decoding)
+    done = {(r["model"], r["method"], r["audio_id"]) for r in results.read_jsonl(transcripts)}
+    todo = []
+    for model_name in opts.models:
+        clips = [(c, p) for c, p in found if multilingual(model_name) or c.language == "en"]
+        if len(clips) < len(found):
+            log(f"note: {model_name} is English-only; {len(found) - len(clips)} non-English clips skipped for it")
+        for method_name in dict.fromkeys(("fp32", *opts.methods)):
+            pending = [(c, p) for c, p in clips if (model_name, method_name, c.id) not in done]
+            if pending:
+                todo.append((model_name, method_name, pending))
+    bar = tqdm(total=sum(len(p) for *_, p in todo), desc=f"accuracy {run_id}", unit="clip")
+    for model_name, method_name, pending in todo:
+        bar.set_postfix_str(f"{model_name} {method_name}")
+        results.append_jsonl(transcripts, transcribe_clips(model_name, method_name, pending, opts, threads, run_id, bar))
+    bar.close()
+    env = results.environment(threads)
+    wanted = {(m, k) for m in opts.models for k in ("fp32", *opts.methods)}
+    records = [r for r in results.read_jsonl(transcripts) if (r["model"], r["method"]) in wanted]
+    results.append("accuracy", [{"run_id": run_id, "timestamp": results.now(), **env, "beam_size": opts.decoding.beam_size or 1,
+                                 "decoding": opts.decoding.tag, **row} for row in score(records)])
+    return run_id

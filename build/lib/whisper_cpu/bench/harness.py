@@ -1,0 +1,235 @@
+"""Timing harness: the full transcribe a user runs, per model x method, medians over repeats, honest on shared CPUs.
+
+Each timed repeat is the `Runner.transcribe` that `whisper-cpu transcribe` calls, with the same decoding
+options (temperature fallback, conditioning on previous text): decode the file, mel, encoder, decoder. Beside
+it the encoder and the decoder are timed alone on the first 30 s window, so the share of the per-token loop is
+visible. Other processes' CPU time during each repeat is read from /proc/stat; repeats taken under contention
+are rerun, and what was seen is recorded in the row.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import UserError, machine, models, registry, workspace
+from ..runner import DecodeOptions
+from . import inputs, peak, results
+
+CONTENDED = 0.10  # share of the machine's CPU time used by others above which a repeat is rerun
+BEAM = 5  # the beam width users of openai-whisper's CLI and of faster-whisper get by default
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: carries the run to resume."""
+
+    def __init__(self, run_id: str):
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all processes have spent busy (steal included: a hypervisor taking our cores is contention)."""
+    values = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+@dataclass
+class Probe:
+    """Wall time of a block and the CPU seconds that other processes used meanwhile."""
+
+    wall_s: float = 0.0
+    other_cpu_s: float = 0.0
+
+    def __enter__(self):
+        self._start = (time.perf_counter(), _busy_seconds(), _own_seconds())
+        return self
+
+    def __exit__(self, *exc):
+        wall, busy, own = self._start
+        self.wall_s = time.perf_counter() - wall
+        self.other_cpu_s = max(0.0, (_busy_seconds() - busy) - (_own_seconds() - own))
+
+    def contended(self) -> bool:
+        return self.other_cpu_s > CONTENDED * self.wall_s * (os.cpu_count() or 1) + 0.05
+
+
+@dataclass(frozen=True)
+class Options:
+    models: tuple[str, ...] = ("tiny.en", "base")
+    methods: tuple[str, ...] = field(default_factory=lambda: registry.tagged(registry.BENCH))
+    repeats: int = 5
+    decoding: DecodeOptions = DecodeOptions()
+    threads: int = field(default_factory=machine.default_threads)
+    retries: int = 3
+    warmup: bool = True
+
+
+def plan(opts: Options) -> tuple[list[tuple[str, str]], list[str]]:
+    """(model, method) pairs that can run here, and a note for each method that cannot."""
+    entries = [registry.get(name) for name in opts.methods]
+    notes = [f"note: {e.name} skipped: {reason}" for e in entries if (reason := e.unavailable())]
+    return [(m, e.name) for m in opts.models for e in entries if not e.unavailable()], notes
+
+
+def check_resume(run_id: str | None) -> None:
+    if run_id is not None and run_id not in results.run_ids():
+        raise UserError(f"no run '{run_id}' in {results.TABLES} under the workspace's results: nothing to resume")
+
+
+def _done(run_id: str, decoding: str) -> dict[tuple, int]:
+    rows = results.read("timings")
+    if rows.empty:
+        return {}
+    rows = rows[(rows.run_id == run_id) & (rows.get("decoding", "") == decoding)]
+    return rows.groupby(["model", "method", "audio_id", "threads", "beam_size"]).size().to_dict()
+
+
+def language_for(runner, clip_language: str) -> str:
+    return clip_language if runner.multilingual else "en"
+
+
+def window_gflop(model: str, window_tokens: int, beam: int) -> tuple[float, float]:
+    """The matrix-product work of the encoder and of the decoder on one window, recorded with each row."""
+    dims = models.dims(model)
+    return round(peak.encoder_flops(dims) / 1e9, 3), round(peak.decoder_flops(dims, window_tokens, beam) / 1e9, 4)
+
+
+def run(opts: Options, clip: inputs.Input, run_id: str | None = None, log=print) -> str:
+    """Time every configuration of the plan on one input; `run_id` of an interrupted run resumes it."""
+    run_id = run_id or results.new_run_id()
+    try:
+        _run(opts, clip, run_id, log)
+    except KeyboardInterrupt:
+        raise Interrupted(run_id) from None
+    return run_id
+
+
+def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
+    torch.set_num_threads(opts.threads)
+    env = results.environment(opts.threads)
+    pairs, notes = plan(opts)
+    for note in notes:
+        log(note)
+    if not clip.real:
+        log(f"note: no real speech here; timing the synthesized clip {clip.id} instead")
+    beam = opts.decoding.beam_size or 1
+    done = _done(run_id, opts.decoding.tag)
+    samples = inputs.load(clip.path)
+    bar = tqdm(total=len(pairs) * opts.repeats, desc=f"bench {run_id}", unit="run")
+    for model_name, method_name in pairs:
+        entry = registry.get(method_name)
+        finished = done.get((model_name, method_name, clip.id, opts.threads, beam), 0)
+        bar.update(min(finished, opts.repeats))
+        if finished >= opts.repeats:
+            continue
+        bar.set_postfix_str(f"{model_name} {method_name}")
+        start = time.perf_counter()
+        runner = entry.load(model_name, opts.threads)
+        load_s = time.perf_counter() - start
+        decoding = replace(opts.decoding, language=language_for(runner, clip.language))
+        if opts.warmup:
+            runner.transcribe(clip.path, decoding)
+        for repeat in range(finished, opts.repeats):
+            for attempt in range(1, opts.retries + 2):
+                with Probe() as probe:
+                    transcript = runner.transcribe(clip.path, decoding)
+                if not probe.contended():
+                    break
+            encoder_s, decoder_s, window_tokens = runner.split_times(samples, decoding)
+            encoder_gflop, decoder_gflop = window_gflop(model_name, window_tokens, beam)
+            results.append("timings", [{
+                "run_id": run_id, "timestamp": results.now(), **env,
+                "system": entry.system.name, "model": model_name, "method": method_name, "arithmetic": entry.arithmetic,
+                "device": entry.device, "beam_size": beam, "decoding": opts.decoding.tag, "audio_id": clip.id,
+                "audio_s": round(clip.duration_s, 3), "repeat": repeat, "load_s": round(load_s, 4),
+                "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
+                "window_tokens": window_tokens, "encoder_gflop": encoder_gflop, "decoder_gflop": decoder_gflop,
+                "tokens": transcript.tokens, "fallbacks": transcript.fallbacks,
+                "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt,
+                "transcript": transcript.text,
+            }])
+            bar.update(1)
+        del runner
+    bar.close()
+
+
+def _status_mb(field: str) -> float:
+    line = next(l for l in open("/proc/self/status") if l.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str) -> dict:
+    """Meant for a fresh process: resident memory before and after loading, and the peak over one transcribe."""
+    torch.set_num_threads(threads)
+    start = _status_mb("VmRSS")
+    runner = registry.get(method_name).load(model_name, threads)
+    loaded = _status_mb("VmRSS")
+    runner.transcribe(path, DecodeOptions(language=language_for(runner, language)))
+    return {
+        "rss_start_mb": round(start, 1), "model_rss_mb": round(loaded - start, 1),
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
+        "peak_rss_mb": round(_status_mb("VmHWM"), 1),
+        "weights_disk_mb": round(sum(Path(p).stat().st_size for p in runner.weights) / 2**20, 1),
+    }
+
+
+def measure_memory(opts: Options, clip: inputs.Input, run_id: str) -> None:
+    """Peak memory per configuration, each in its own process so one model's memory never hides another's."""
+    pairs, _ = plan(opts)
+    env = results.environment(opts.threads)
+    rows = results.read("memory")
+    mine = rows[rows.run_id == run_id] if len(rows) else rows
+    done = set(zip(mine.model, mine.method)) if len(mine) else set()
+    for model_name, method_name in tqdm([p for p in pairs if p not in done], desc="memory", unit="config"):
+        child = subprocess.run(
+            [sys.executable, "-m", "whisper_cpu", "--workspace", str(workspace.get().home), "memory-probe",
+             model_name, method_name, str(clip.path), "--threads", str(opts.threads), "--language", clip.language],
+            capture_output=True, text=True,
+        )
+        if child.returncode != 0:
+            tqdm.write(f"note: memory of {model_name} {method_name} not measured: {(child.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        results.append("memory", [{"run_id": run_id, "timestamp": results.now(), **env, "model": model_name, "method": method_name,
+                                   "system": registry.get(method_name).system.name, "audio_id": clip.id,
+                                   **json.loads(child.stdout.splitlines()[-1])}])
+
+
+def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
+    """The full matrix in one run_id: peak GEMM, the 30 s window greedy and beam 5, thread scaling, the long
+    recordings, memory, short-clip accuracy (greedy for every method, beam 5 for those tagged) and the long-form
+    gate (for those tagged)."""
+    from . import accuracy, longform
+
+    run_id = run_id or results.new_run_id()
+    try:
+        peak.measure(run_id, opts.threads)  # first, while nothing of ours is loaded
+        window = inputs.window()
+        beams = list(dict.fromkeys([opts.decoding.beam_size, BEAM]))
+        for beam in beams:
+            _run(replace(opts, decoding=replace(opts.decoding, beam_size=beam)), window, run_id, log)
+        scaling = tuple(m for m in opts.methods if m in registry.tagged(registry.SCALING))
+        for threads in range(1, opts.threads):
+            _run(replace(opts, methods=scaling, repeats=3, threads=threads), window, run_id, log)
+        measure_memory(opts, window, run_id)
+        for beam in beams:
+            chosen = opts.methods if beam == opts.decoding.beam_size else tuple(m for m in opts.methods if m in registry.tagged(registry.BEAM))
+            accuracy.run(accuracy.Options(models=opts.models, methods=chosen, decoding=replace(opts.decoding, beam_size=beam),
+                                          threads=opts.threads), run_id, log)
+        gated = tuple(m for m in opts.methods if m in registry.tagged(registry.LONGFORM) | set(scaling))
+        longform.run(longform.Options(models=opts.models, methods=gated, decoding=opts.decoding, threads=opts.threads), run_id, log)
+    except KeyboardInterrupt:
+        raise Interrupted(run_id) from None
+    return run_id

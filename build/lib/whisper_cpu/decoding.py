@@ -1,0 +1,252 @@
+"""A faster decode for openai-whisper models: the same search, logit rules and results, less work per token.
+
+openai-whisper's per-token loop is dominated by overhead, not arithmetic: forward hooks concatenate every
+self-attention key and value onto a growing cache, q/k/v are three matrix products, every LayerNorm casts,
+the vocabulary projection is an fp32 matmul that no module-based quantizer reaches, and the timestamp rules
+walk each beam in Python. Here the search itself (greedy, sampling, beam search, ranking, fallback options)
+stays openai-whisper's own `DecodingTask`; only the decoder forward and the logit rules are replaced:
+
+- a static key/value cache written in place, beams reordered by one gather;
+- cross-attention keys and values computed once per window, as one fused matrix product;
+- q/k/v fused into one `nn.Linear`, the vocabulary projection an `nn.Linear`, so quantizers reach both;
+- logits computed only for the positions the search reads (the no-speech position and the last token);
+- the timestamp rules as batched tensor masks.
+
+With float32 weights this produces openai-whisper's tokens (tested on real clips).
+"""
+
+import types
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, DecodingTask, Inference, SuppressTokens
+from whisper.model import TextDecoder, Whisper
+
+
+def _fused(*linears: nn.Module) -> nn.Linear:
+    """One nn.Linear computing several of whisper's Linears side by side (a missing bias counts as zero)."""
+    weight = torch.cat([l.weight.detach() for l in linears])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        fused.bias.copy_(torch.cat([l.bias.detach() if l.bias is not None else torch.zeros(l.out_features) for l in linears]))
+    return fused.requires_grad_(False)
+
+
+def _norm(ln: nn.LayerNorm) -> nn.LayerNorm:
+    """A plain nn.LayerNorm: whisper's subclass casts to float and back on every call."""
+    norm = nn.LayerNorm(ln.normalized_shape, eps=ln.eps)
+    norm.load_state_dict(ln.state_dict())
+    return norm.requires_grad_(False)
+
+
+def _heads(x: Tensor, n_head: int) -> Tensor:
+    """(batch, length, state) -> (batch, head, length, state per head)"""
+    return x.view(*x.shape[:2], n_head, -1).transpose(1, 2)
+
+
+def _attend(q: Tensor, keys_t: Tensor, values: Tensor, causal: bool = False) -> Tensor:
+    """Attention as two batched products: for one query row this beats the CPU flash kernel several times.
+
+    `keys_t` arrive transposed and already scaled by 1/sqrt(state per head).
+    """
+    weights = q @ keys_t
+    if causal:
+        weights = weights + torch.full(weights.shape[-2:], -np.inf).triu_(1)
+    a = weights.softmax(dim=-1) @ values
+    return a.transpose(1, 2).flatten(2)
+
+
+class Layer(nn.Module):
+    """One residual decoder block of whisper, reading and writing a static key/value cache."""
+
+    def __init__(self, block):
+        super().__init__()
+        attn, cross = block.attn, block.cross_attn
+        self.n_head = attn.n_head
+        self.scale = (attn.out.in_features // attn.n_head) ** -0.5
+        self.attn_ln, self.cross_ln, self.mlp_ln = _norm(block.attn_ln), _norm(block.cross_attn_ln), _norm(block.mlp_ln)
+        self.qkv, self.out = _fused(attn.query, attn.key, attn.value), _fused(attn.out)
+        self.cross_q, self.cross_kv, self.cross_out = _fused(cross.query), _fused(cross.key, cross.value), _fused(cross.out)
+        self.fc1, self.fc2 = _fused(block.mlp[0]), _fused(block.mlp[2])
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, offset: int, cross_k: Tensor, cross_v: Tensor) -> Tensor:
+        """keys/values: this layer's cache, (batch, head, context, state per head), filled up to `offset`."""
+        end = offset + x.shape[1]
+        q, k, v = (_heads(t, self.n_head) for t in self.qkv(self.attn_ln(x)).chunk(3, dim=-1))
+        keys[:, :, offset:end], values[:, :, offset:end] = k * self.scale, v
+        # several tokens at once only happen on the first pass (offset 0), where the plain causal mask is right
+        x = x + self.out(_attend(q, keys[:, :, :end].transpose(-1, -2), values[:, :, :end], causal=x.shape[1] > 1))
+        x = x + self.cross_out(self.cross_attend(self.cross_q(self.cross_ln(x)), cross_k, cross_v))
+        return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
+
+    def cross_attend(self, q: Tensor, keys_t: Tensor, values: Tensor) -> Tensor:
+        """Beams of one window share its keys: their queries go in as rows of one product, not separate ones."""
+        windows, (batch, length, state) = keys_t.shape[0], q.shape
+        q = q.view(windows, batch // windows * length, self.n_head, -1).transpose(1, 2)
+        return _attend(q, keys_t, values).reshape(batch, length, state)
+
+    def audio(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys (transposed, scaled) and values of the window, computed once."""
+        k, v = (_heads(t, self.n_head) for t in self.cross_kv(audio_features).chunk(2, dim=-1))
+        return (k * self.scale).transpose(-1, -2).contiguous(), v.contiguous()
+
+
+class Cache:
+    """Self-attention keys/values for every layer, preallocated for the whole context, and the audio's."""
+
+    def __init__(self, decoder: "FastTextDecoder", audio_features: Tensor, batch: int):
+        n_head = decoder.layers[0].n_head
+        shape = (len(decoder.layers), 2, batch, n_head, decoder.n_ctx, audio_features.shape[-1] // n_head)
+        self.kv = audio_features.new_empty(shape)
+        self.cross = [layer.audio(audio_features) for layer in decoder.layers]  # beams and samples of a window share it
+        self.offset = 0
+
+    def reorder(self, source: list[int]) -> None:
+        self.kv[:, :, :, :, : self.offset] = self.kv[:, :, source, :, : self.offset]
+
+
+class FastTextDecoder(nn.Module):
+    """whisper's TextDecoder rebuilt from its weights for `decode`; `forward` keeps the usual signature."""
+
+    blocks = ()  # no modules for openai-whisper's hook-based kv-cache to attach to: Cache replaces it
+
+    def __init__(self, decoder: TextDecoder):
+        super().__init__()
+        self.token_embedding = decoder.token_embedding
+        self.positional_embedding = decoder.positional_embedding
+        self.n_ctx = decoder.positional_embedding.shape[0]
+        self.layers = nn.ModuleList(Layer(block) for block in decoder.blocks)
+        self.ln = _norm(decoder.ln)
+        self.projection = nn.Linear(*decoder.token_embedding.weight.shape[::-1], bias=False)
+        self.projection.weight = decoder.token_embedding.weight
+
+    def step(self, tokens: Tensor, cache: Cache, positions: list[int]) -> Tensor:
+        """Logits at `positions` of `tokens`, which continue what the cache holds."""
+        length = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[cache.offset : cache.offset + length]
+        for layer, (keys, values), (cross_k, cross_v) in zip(self.layers, cache.kv, cache.cross):
+            x = layer(x, keys, values, cache.offset, cross_k, cross_v)
+        cache.offset += length
+        return self.projection(self.ln(x[:, positions]))
+
+    def forward(self, x: Tensor, xa: Tensor, kv_cache: dict | None = None) -> Tensor:
+        """All positions' logits without a cache kept, as language detection calls it."""
+        return self.step(x, Cache(self, xa, x.shape[0]), list(range(x.shape[1])))
+
+
+class FastInference(Inference):
+    def __init__(self, decoder: FastTextDecoder, initial_token_length: int):
+        self.decoder, self.initial_token_length = decoder, initial_token_length
+        self.cache: Cache | None = None
+
+    def logits(self, tokens: Tensor, audio_features: Tensor, positions: list[int] = [-1]) -> Tensor:
+        if self.cache is None:
+            self.cache = Cache(self.decoder, audio_features, tokens.shape[0])
+        if tokens.shape[-1] > self.initial_token_length:
+            tokens = tokens[:, -1:]
+        return self.decoder.step(tokens, self.cache, positions)
+
+    def rearrange_kv_cache(self, source_indices) -> None:
+        if source_indices != list(range(len(source_indices))):
+            self.cache.reorder(source_indices)
+
+    def cleanup_caching(self) -> None:
+        self.cache = None
+
+
+class MaskTokens(SuppressTokens):
+    def __init__(self, suppress_tokens):
+        super().__init__(suppress_tokens)
+        self.index = torch.tensor(self.suppress_tokens, dtype=torch.long)
+
+    def apply(self, logits: Tensor, tokens: Tensor) -> None:
+        logits.index_fill_(1, self.index, -np.inf)
+
+
+class TimestampRules(ApplyTimestampRules):
+    """openai-whisper's timestamp rules for all beams at once, as masks instead of a Python loop per beam."""
+
+    def apply(self, logits: Tensor, tokens: Tensor) -> None:
+        begin, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
+        text, stamps = logits[:, :begin], logits[:, begin:]  # views: masks fill them in place
+        if self.tokenizer.no_timestamps is not None:
+            logits[:, self.tokenizer.no_timestamps] = -np.inf
+        sampled = tokens[:, self.sample_begin :]
+        if sampled.shape[1]:
+            stamp = sampled >= begin
+            last = stamp[:, -1]
+            penultimate = stamp[:, -2] if sampled.shape[1] >= 2 else torch.ones_like(last)
+            closing = last & ~penultimate  # a timestamp just opened a pair: the next one must close it
+            stamps.masked_fill_((last & penultimate)[:, None], -np.inf)
+            logits[:, :eot].masked_fill_(closing[:, None], -np.inf)
+            where = torch.where(stamp, torch.arange(sampled.shape[1]), -1).amax(dim=1)
+            floor = sampled.gather(1, where.clamp(min=0)[:, None]) + (~closing).long()[:, None]
+            stamps.masked_fill_((where >= 0)[:, None] & (torch.arange(begin, logits.shape[-1]) < floor), -np.inf)
+        else:
+            text.fill_(-np.inf)
+            if self.max_initial_timestamp_index is not None:
+                logits[:, begin + self.max_initial_timestamp_index + 1 :] = -np.inf
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        text.masked_fill_((logprobs[:, begin:].logsumexp(dim=-1) > logprobs[:, :begin].max(dim=-1).values)[:, None], -np.inf)
+
+
+def _faster(rule):
+    if type(rule) is SuppressTokens:
+        return MaskTokens(rule.suppress_tokens)
+    if type(rule) is ApplyTimestampRules:
+        return TimestampRules(rule.tokenizer, rule.sample_begin, rule.max_initial_timestamp_index)
+    return rule
+
+
+class FastDecodingTask(DecodingTask):
+    """openai-whisper's DecodingTask with the fast decoder forward and batched logit rules."""
+
+    def __init__(self, model: Whisper, options: DecodingOptions):
+        super().__init__(model, options)
+        self.inference = FastInference(model.decoder, len(self.initial_tokens))
+        if isinstance(self.decoder, BeamSearchDecoder):
+            self.decoder.inference = self.inference
+        self.logit_filters = [_faster(rule) for rule in self.logit_filters]
+
+    def _main_loop(self, audio_features: Tensor, tokens: Tensor):
+        sum_logprobs = torch.zeros(tokens.shape[0], device=audio_features.device)
+        no_speech_probs = [np.nan] * tokens.shape[0]
+        try:
+            for i in range(self.sample_len):
+                if i == 0:
+                    first = self.inference.logits(tokens, audio_features, [self.sot_index, -1])
+                    if self.tokenizer.no_speech is not None:
+                        no_speech_probs = first[:, 0].float().softmax(dim=-1)[:, self.tokenizer.no_speech].tolist()
+                    logits = first[:, 1]
+                else:
+                    logits = self.inference.logits(tokens, audio_features)[:, -1]
+                for logit_filter in self.logit_filters:
+                    logit_filter.apply(logits, tokens)
+                tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
+                if completed or tokens.shape[-1] > self.n_ctx:
+                    break
+        finally:
+            self.inference.cleanup_caching()
+        return tokens, sum_logprobs, no_speech_probs
+
+
+@torch.no_grad()
+def decode(model: Whisper, mel: Tensor, options: DecodingOptions = DecodingOptions(), **kwargs):
+    """Drop-in for `whisper.decode` on a model whose decoder is a FastTextDecoder."""
+    if single := mel.ndim == 2:
+        mel = mel.unsqueeze(0)
+    if kwargs:
+        options = replace(options, **kwargs)
+    result = FastDecodingTask(model, options).run(mel)
+    return result[0] if single else result
+
+
+def fast(model: Whisper) -> Whisper:
+    """The model with the fast decoder; `model.transcribe` and `model.decode` use it from then on."""
+    model.decoder = FastTextDecoder(model.decoder)
+    model.decode = types.MethodType(decode, model)
+    return model

@@ -1,0 +1,144 @@
+"""Our model transforms: each takes an fp32 openai-whisper model and returns one that computes in another way.
+
+openai-whisper's `Linear` subclasses `nn.Linear`, and `quantize_dynamic` matches module types exactly, so
+quantizing the model as shipped silently changes nothing. The original experiment forked whisper to make the
+layers plain `nn.Linear`; `to_nn_linear` does that edit at load time instead.
+"""
+
+import types
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from whisper.model import Linear, TextDecoder, Whisper
+
+
+def to_nn_linear(model: Whisper) -> Whisper:
+    """Replace every whisper `Linear` by a plain `nn.Linear` sharing its parameters (the original's fork)."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is Linear:
+                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(module, name, plain)
+    return model
+
+
+def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None = None) -> Whisper:
+    """Dynamic int8 for every nn.Linear of the model (or of one `part`, "encoder" or "decoder"): weights int8,
+    activations quantized per call. The original's method has one weight scale per tensor; `per_channel`
+    gives every output row its own, as CTranslate2 does, so one large row no longer coarsens all the others."""
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig if per_channel else torch.ao.quantization.default_dynamic_qconfig
+    model = to_nn_linear(model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated")  # torch.ao eager quantization: deprecated, still shipped
+        if part is None:
+            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8)
+        setattr(model, part, torch.ao.quantization.quantize_dynamic(getattr(model, part), {nn.Linear: qconfig}, dtype=torch.qint8))
+        return model
+
+
+def _projected_forward(self: TextDecoder, x, xa, kv_cache=None):
+    """TextDecoder.forward with the vocabulary projection done by a module, so quantizers can reach it."""
+    offset = next(iter(kv_cache.values())).shape[1] if kv_cache else 0
+    x = self.token_embedding(x) + self.positional_embedding[offset : offset + x.shape[-1]]
+    x = x.to(xa.dtype)
+    for block in self.blocks:
+        x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
+    return self.vocab_projection(self.ln(x))[..., : self.token_embedding.num_embeddings].float()
+
+
+def with_vocab_projection(model: Whisper, transform: Callable[[Whisper], Whisper], multiple: int = 1) -> Whisper:
+    """Expose `x @ token_embedding.weight.T` (per token the largest matrix product) as an nn.Linear, transform.
+
+    openai-whisper computes the logits with a bare matmul, so module-based quantization leaves it in fp32;
+    for tiny and base it is most of the decoder's arithmetic per token. Kernels that need the output size to
+    be a multiple of some block get zero rows appended, and the forward drops their logits again.
+    """
+    decoder = to_nn_linear(model).decoder
+    weight = decoder.token_embedding.weight
+    rows = -(-weight.shape[0] // multiple) * multiple
+    decoder.vocab_projection = nn.Linear(weight.shape[1], rows, bias=False)
+    if rows == weight.shape[0]:
+        decoder.vocab_projection.weight = weight
+    else:
+        decoder.vocab_projection.weight = nn.Parameter(F.pad(weight.detach(), (0, 0, 0, rows - weight.shape[0])), requires_grad=False)
+    model = transform(model)
+    model.decoder.forward = types.MethodType(_projected_forward, model.decoder)
+    return model
+
+
+class CastLinear(nn.Module):
+    """An nn.Linear kept in a lower dtype: inputs cast down, outputs back up, so the rest stays float32.
+
+    The inner layer is a plain nn.Linear, so weight quantizers that need bfloat16 activations can replace it.
+    """
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.inner = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=dtype)
+        with torch.no_grad():
+            self.inner.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                self.inner.bias.copy_(linear.bias)
+        self.inner.requires_grad_(False)
+
+    def forward(self, x):
+        return self.inner(x.to(self.inner.weight.dtype)).to(x.dtype)
+
+
+def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Linear:
+                setattr(module, name, make(child))
+    return model
+
+
+def torchao_quantize(model: Whisper, config) -> Whisper:
+    """torchao's quantize_ on every nn.Linear (the vocabulary projection included)."""
+    from torchao.quantization import quantize_
+
+    quantize_(model, config)
+    return model
+
+
+def _torchao_configs() -> dict:
+    """name -> (config, needs bfloat16 activations, output rows a multiple of): the CPU variants of torchao."""
+    import logging
+
+    for noisy in ("torchao", "torch.utils._pytree"):  # CUDA-only extensions that fail to load on a CPU build
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import torchao.quantization as q
+    from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+    return {
+        "int8dq": (q.Int8DynamicActivationInt8WeightConfig(), False, 1),
+        "int8wo": (q.Int8WeightOnlyConfig(), False, 1),
+        "int4wo": (PrototypeInt4WeightOnlyConfig(group_size=128), True, 16),  # the CPU packing (Int4OpaqueTensor)
+    }
+
+
+def torchao_method(name: str, compile: bool = False) -> Callable[[Whisper], Whisper]:
+    def prepare(model: Whisper) -> Whisper:
+        config, bf16, multiple = _torchao_configs()[name]
+        cast = (lambda m: replace_linears(m, CastLinear)) if bf16 else (lambda m: m)
+        model = with_vocab_projection(model, lambda m: torchao_quantize(cast(m), config), multiple)
+        return compiled(model) if compile else model
+
+    return prepare
+
+
+def compiled(model: Whisper) -> Whisper:
+    """torch.compile of the encoder and the whole decoder (kv-cache hooks trace without graph breaks).
+
+    Dynamo keys its caches on TextDecoder.forward's code, not on the model, so each compiled model starts
+    from a reset; the first transcribe (the benchmark's warm-up) pays the compile time.
+    """
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = 32
+    model.encoder = torch.compile(model.encoder)
+    model.decoder = torch.compile(model.decoder)
+    return model

@@ -1,0 +1,134 @@
+"""One typed registry of every way of running Whisper that the project compares: our methods and the peers.
+
+An entry carries everything the rest of the code needs to know about it: its system, what it does, the
+number format of its matrix products, whether it can run here, which parts of the benchmark it takes part
+in (tags), the original experiment's table row it reproduces, and how to load a `Runner`. Adding a method or
+a peer is adding one entry; the benchmark registers the peers (`whisper_cpu.bench.peers`), the library only
+ever runs our own methods.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from whisper.model import Whisper
+
+from . import UserError, decoding, machine, models, quantize
+from .runner import Runner, TorchRunner
+
+
+@dataclass(frozen=True)
+class System:
+    name: str  # the `system` column of result rows
+    colour: str  # in every figure
+
+
+OURS = System("whisper_cpu", "tab:blue")
+
+# Tags: which parts of the benchmark an entry takes part in besides the 30 s window.
+BENCH = "bench"  # `make bench`'s default list: the original experiment
+SCALING = "scaling"  # timed at every thread count and on the long recordings
+BEAM = "beam"  # scored with beam 5 too
+LONGFORM = "longform"  # scored by the long-form accuracy gate
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    system: System
+    summary: str
+    load: Callable[[str, int], Runner]  # (model name, threads) -> runner
+    arithmetic: str = "fp32"  # the number format of its matrix products, for the share of this CPU's peak
+    device: str = "cpu"
+    unavailable: Callable[[], str | None] = lambda: None  # why it cannot run on this machine, if it cannot
+    tags: frozenset[str] = frozenset()
+    original: tuple[str, str, str] | None = None  # the original's (device, dtype, linear layer) row it reproduces
+    prepare: Callable[[Whisper], Whisper] | None = None  # the model transform, for our PyTorch methods
+
+    @property
+    def ours(self) -> bool:
+        """One of our methods on the CPU: what `whisper-cpu transcribe` runs."""
+        return self.system == OURS and self.device == "cpu"
+
+
+def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], **fields) -> Entry:
+    device = fields.get("device", "cpu")
+
+    def load(model: str, threads: int) -> TorchRunner:
+        return TorchRunner(prepare(models.load_model(model)).to(device), [models.checkpoint_path(model)])
+
+    return Entry(name, OURS, summary, load, prepare=prepare, **fields)
+
+
+def _no_cuda() -> str | None:
+    return None if torch.cuda.is_available() else "CUDA is not available, so the original's GPU fp32 column is skipped"
+
+
+def _no_bf16() -> str | None:
+    return machine.cpu_has("avx512_bf16", "amx_bf16")
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> Entry:
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+for _entry in [
+    torch_method("fp32", "openai-whisper as shipped, float32 on the CPU", lambda model: model,
+                 tags=frozenset({BENCH, SCALING, BEAM, LONGFORM}), original=("cpu", "fp32", "Linear")),
+    torch_method("fp32-nn", "float32 after turning whisper's Linear into plain nn.Linear (the original's fork)", quantize.to_nn_linear,
+                 tags=frozenset({BENCH}), original=("cpu", "fp32", "nn.Linear")),
+    torch_method("qint8", "the original's torch dynamic int8 quantization of every nn.Linear", quantize.quantize_qint8, arithmetic="int8",
+                 tags=frozenset({BENCH, SCALING, LONGFORM}), original=("cpu", "qint8", "nn.Linear")),
+    torch_method("qint8-logits", "qint8 plus the vocabulary projection, which the original left in fp32",
+                 lambda model: quantize.with_vocab_projection(model, quantize.quantize_qint8), arithmetic="int8", tags=frozenset({SCALING})),
+    torch_method("bf16", "bfloat16 weights and matrix products for every Linear and the vocabulary projection",
+                 lambda model: quantize.with_vocab_projection(model, lambda m: quantize.replace_linears(m, quantize.CastLinear)),
+                 unavailable=_no_bf16, arithmetic="bf16"),
+    torch_method("torchao-int8dq", "torchao int8 dynamic activations + int8 per-row weights, eager", quantize.torchao_method("int8dq"), arithmetic="int8"),
+    torch_method("torchao-int8dq-compile", "torchao int8 dynamic activations + int8 weights, encoder and decoder torch.compiled",
+                 quantize.torchao_method("int8dq", compile=True), arithmetic="int8"),
+    torch_method("torchao-int8wo", "torchao int8 weight-only, eager (compile matches only bf16 activations, so it gains nothing)",
+                 quantize.torchao_method("int8wo")),
+    torch_method("torchao-int4wo", "torchao int4 weight-only, groups of 128, CPU packing, bfloat16 activations",
+                 quantize.torchao_method("int4wo"), unavailable=_no_bf16, arithmetic="bf16"),
+    torch_method("fast-fp32", "openai-whisper's search on our decoder: static kv-cache, fused q/k/v, audio keys once, batched rules",
+                 decoding.fast, tags=frozenset({LONGFORM})),
+    torch_method("fast-qint8", "the fast decoder with dynamic int8 for every matrix product, vocabulary projection included",
+                 lambda model: quantize.quantize_qint8(decoding.fast(model)), arithmetic="int8", tags=frozenset({SCALING, BEAM, LONGFORM})),
+    torch_method("fast-qint8-pc", "fast-qint8 with one int8 scale per output row of every weight (per channel, as CTranslate2), not per tensor",
+                 lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
+                 tags=frozenset({SCALING, BEAM, LONGFORM})),
+    torch_method("fast-qint8-dec", "the fast decoder's products in per-channel dynamic int8, the encoder kept in fp32",
+                 lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, part="decoder"), arithmetic="int8",
+                 tags=frozenset({LONGFORM})),
+    torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model,
+                 device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH}), original=("gpu", "fp32", "Linear")),
+]:
+    register(_entry)
+
+DEFAULT = "fast-qint8"  # `transcribe --method auto` where this CPU has no measurements (README: why)
+
+
+def get(name: str) -> Entry:
+    if name not in REGISTRY:
+        raise UserError(f"unknown method '{name}': use one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def tagged(tag: str) -> tuple[str, ...]:
+    return tuple(name for name, entry in REGISTRY.items() if tag in entry.tags)
+
+
+def ours(name: str) -> Entry:
+    """A method the transcriber runs: ours, in PyTorch on the CPU; peers only make sense timed side by side."""
+    entry = get(name)
+    if not entry.ours:
+        names = ", ".join(n for n, e in REGISTRY.items() if e.ours)
+        raise UserError(f"'{name}' is not one of our CPU methods: the transcriber runs our PyTorch methods ({names}); use `bench` to time peers")
+    if why := entry.unavailable():
+        raise UserError(f"method '{name}' cannot run here: {why}")
+    return entry

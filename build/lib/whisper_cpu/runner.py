@@ -1,0 +1,114 @@
+"""The one contract every way of running Whisper meets: load once, then transcribe a file or an array with a
+frozen set of decoding options, returning segments and text.
+
+The transcriber, the timing harness and both accuracy gates call exactly this, with the same options, so
+what is measured is what users run. The defaults are openai-whisper's own `transcribe` defaults: temperature
+fallback, conditioning on the previous window's text, no-speech skipping.
+"""
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import whisper
+from whisper.model import Whisper
+
+from . import audio
+
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    language: str | None = None  # None: detect (multilingual models)
+    task: str = "transcribe"
+    beam_size: int | None = None  # None: greedy
+    best_of: int | None = None
+    temperature: tuple[float, ...] = TEMPERATURES
+    condition_on_previous_text: bool = True
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    initial_prompt: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """What result rows record in their `decoding` column (the language and beam width have their own)."""
+        temperature = "fallback" if len(self.temperature) > 1 else f"t{self.temperature[0]:g}"
+        return f"{temperature}{'+cond' if self.condition_on_previous_text else ''}"
+
+    def whisper_kwargs(self) -> dict:
+        kwargs = asdict(self)
+        kwargs["temperature"] = self.temperature if len(self.temperature) > 1 else self.temperature[0]
+        return kwargs
+
+
+@dataclass
+class Transcript:
+    text: str
+    segments: list[dict]
+    language: str
+    fallbacks: int | None = None  # windows re-decoded above temperature 0 (None: the system does not say)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s.get("tokens", ())) for s in self.segments)
+
+    def as_whisper_result(self) -> dict:
+        """The dict openai-whisper's writers take."""
+        return {"text": self.text, "segments": self.segments, "language": self.language}
+
+
+def fallback_windows(segments: list[dict]) -> int:
+    """Windows whose accepted decode needed a temperature above 0: each segment carries its window's seek."""
+    return len({s["seek"] for s in segments if s.get("temperature", 0) > 0})
+
+
+def samples_of(source: Path | np.ndarray) -> np.ndarray:
+    return source if isinstance(source, np.ndarray) else audio.load(source)
+
+
+class Runner(Protocol):
+    multilingual: bool
+    weights: list  # the files it loaded, for model size on disk
+
+    def transcribe(self, source: Path | np.ndarray, options: DecodeOptions, progress: bool = False) -> Transcript:
+        """A whole file or array: decode, features, encoder, decoder, with the options' fallback and conditioning."""
+
+    def split_times(self, samples: np.ndarray, options: DecodeOptions) -> tuple[float, float, int]:
+        """(encoder_s, decoder_s, tokens) for the first 30 s window alone, at temperature 0."""
+
+
+class TorchRunner:
+    """openai-whisper's own transcribe and decode on a (possibly transformed) PyTorch model."""
+
+    def __init__(self, model: Whisper, weights: list):
+        self.model, self.weights = model, weights
+        self.multilingual = model.is_multilingual
+
+    def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
+        result = self.model.transcribe(samples_of(source), fp16=False, verbose=False if progress else None, **options.whisper_kwargs())
+        return Transcript(result["text"].strip(), result["segments"], result["language"], fallback_windows(result["segments"]))
+
+    def split_times(self, samples, options: DecodeOptions) -> tuple[float, float, int]:
+        model = self.model
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), model.dims.n_mels)[None].to(model.device)
+        decode = whisper.DecodingOptions(language=options.language, task=options.task, temperature=0.0, beam_size=options.beam_size, fp16=False)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            features = model.embed_audio(mel)
+            _sync(model)
+            encoder_s = time.perf_counter() - start
+            start = time.perf_counter()
+            decoded = model.decode(features, decode)
+            _sync(model)
+        return encoder_s, time.perf_counter() - start, len(decoded[0].tokens)
+
+
+def _sync(model: Whisper) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()

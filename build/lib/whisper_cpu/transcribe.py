@@ -1,0 +1,133 @@
+"""The user-facing transcriber: our PyTorch methods on any number of files, text and subtitles written whole.
+
+`auto` reads measurements rather than guessing: the benchmark's report derives, per CPU model, Whisper model
+and thread count, which of our methods were timed here and whether each keeps fp32's words on short clips
+and on long recordings (the workspace's `results/choices.json`); `auto` takes the fastest faithful one and
+says which runs decided it. The model loads once; a file that fails is reported in one line and the others
+still get their outputs.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+from whisper.utils import get_writer
+
+from . import UserError, audio, machine, registry, workspace
+from .runner import DecodeOptions, Runner
+
+FORMATS = ("txt", "srt", "vtt", "json", "tsv", "all")
+SILENCE = 1e-4  # peak absolute amplitude below which a file holds no signal at all
+
+
+@dataclass(frozen=True)
+class Options:
+    model: str = "base"
+    method: str = "auto"
+    output_format: str = "txt"
+    output_dir: Path = Path(".")
+    decoding: DecodeOptions = DecodeOptions()
+    threads: int = 0  # 0: machine.default_threads()
+
+
+def _runnable(name: str) -> bool:
+    entry = registry.REGISTRY.get(name)
+    return entry is not None and entry.ours and entry.unavailable() is None
+
+
+def _read_choices(path: Path) -> list[dict]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))["choices"]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, OSError) as error:
+        raise UserError(f"{path} is unreadable ({error}): rerun `whisper-cpu report` to derive it again") from None
+
+
+def choose_method(model: str, threads: int, path: Path | None = None) -> tuple[str, str]:
+    """(method, why): the fastest of our methods measured on this CPU that keeps fp32's words (both gates)."""
+    cpu = machine.cpu_name()
+    rows = [c for c in _read_choices(path or workspace.get().choices) if c["cpu"] == cpu and c["model"] == model]
+    if rows:
+        at = threads if any(c["threads"] == threads for c in rows) else max(c["threads"] for c in rows)
+        rows = [c for c in rows if c["threads"] == at and c["faithful"] and _runnable(c["method"])]
+    if not rows:
+        return registry.DEFAULT, f"no faithful measurement of {model} on this CPU ({cpu}); documented default"
+    best = min(rows, key=lambda c: c["s_per_30s"])
+    return best["method"], (f"the fastest of our methods measured on {cpu} for {model} that keeps fp32's words: "
+                            f"{best['s_per_30s']:.2f} s per 30 s on {best['threads']} thread{'s' if best['threads'] > 1 else ''} "
+                            f"(run {best['timing_run']}); {best['why']}")
+
+
+def language_for(model: str, language: str | None) -> str | None:
+    """A language code for openai-whisper: English for .en models, None (detect) when not given."""
+    if language is None:
+        return "en" if model.endswith(".en") else None
+    code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+    if code not in LANGUAGES:
+        raise UserError(f"unknown language '{language}': use a code such as en, de, fr or a name such as german")
+    if model.endswith(".en") and code != "en":
+        raise UserError(f"{model} is English-only: use a multilingual model (e.g. base) for '{language}'")
+    return code
+
+
+def write_outputs(result: dict, source: Path, output_format: str, output_dir: Path) -> list[Path]:
+    """openai-whisper's writers into a temporary folder beside the outputs, then renamed: never a half file."""
+    try:
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=".whisper-cpu-") as tmp:
+            get_writer(output_format, tmp)(result, str(source), {})
+            written = []
+            for file in sorted(Path(tmp).iterdir()):
+                os.replace(file, output_dir / file.name)
+                written.append(output_dir / file.name)
+    except OSError as error:
+        raise UserError(f"cannot write to {output_dir}: {error.strerror or error}") from None
+    return written
+
+
+def transcribe_file(runner: Runner, path: Path, opts: Options) -> tuple[list[Path], str]:
+    """(written paths, transcript) for one file."""
+    samples = audio.load(path)
+    if np.abs(samples).max() < SILENCE:
+        raise UserError("no signal (silence)")
+    transcript = runner.transcribe(samples, opts.decoding, progress=True)
+    return write_outputs(transcript.as_whisper_result(), path, opts.output_format, Path(opts.output_dir)), transcript.text
+
+
+def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.stderr)) -> int:
+    """Transcribe every file with one loaded model, printing the paths written; returns how many files failed."""
+    threads = opts.threads or machine.default_threads()
+    torch.set_num_threads(threads)
+    opts = replace(opts, decoding=replace(opts.decoding, language=language_for(opts.model, opts.decoding.language)))
+    name = opts.method
+    if name == "auto":
+        name, why = choose_method(opts.model, threads)
+        log(f"method {name}: {why}")
+    entry = registry.ours(name)
+    try:
+        Path(opts.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the output folder {opts.output_dir}: {error.strerror or error}") from None
+    runner = entry.load(opts.model, threads)
+    failed, stems = 0, set()
+    for path in map(Path, paths):
+        try:
+            if path.stem in stems:
+                raise UserError("an earlier file has the same name, so its outputs would be overwritten")
+            stems.add(path.stem)
+            written, text = transcribe_file(runner, path, opts)
+        except UserError as error:
+            log(f"whisper-cpu: error: {path}: {error}")
+            failed += 1
+            continue
+        if not text:
+            log(f"whisper-cpu: note: {path}: no speech recognized, the outputs are empty")
+        for file in written:
+            print(file)
+    return failed

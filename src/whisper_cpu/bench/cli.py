@@ -1,0 +1,174 @@
+"""The benchmark's commands: bench, accuracy, longform, compare, report, audio (and the memory probe's child)."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .. import models, registry
+from ..cli import threads
+from ..runner import DecodeOptions
+from . import accuracy, figures, harness, inputs, longform, publish, results, tables
+
+METHODS_HELP = "default: the original experiment's ({}); any of: {}"
+
+
+def _decoding(args) -> DecodeOptions:
+    return DecodeOptions(beam_size=args.beam_size)
+
+
+def _input(args) -> inputs.Input:
+    return inputs.file_input(args.audio, args.language) if args.audio else inputs.window()
+
+
+def _check(method_names, model_names, resume=None) -> None:
+    """Unknown methods, models or runs fail in one line before anything loads."""
+    for name in method_names:
+        registry.get(name)
+    for name in model_names:
+        models.checkpoint_path(name)
+    harness.check_resume(resume)
+
+
+def cmd_bench(args) -> None:
+    default = tuple(registry.REGISTRY) if args.all else registry.tagged(registry.BENCH)
+    opts = harness.Options(models=tuple(args.models), methods=tuple(args.methods or default), repeats=args.repeats, decoding=_decoding(args), threads=args.threads or harness.machine.default_threads())
+    _check(opts.methods, opts.models, args.resume)
+    if args.all:
+        run_id = harness.run_all(opts, run_id=args.resume)
+    else:
+        clip = _input(args)
+        print(f"input: {clip.id} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'}); threads: {opts.threads}")
+        run_id = harness.run(opts, clip, run_id=args.resume)
+    print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
+    timings = tables.load_timings()
+    timings = timings[timings.run_id == run_id]
+    timings = timings[timings.audio_id == timings.audio_id.iloc[0]]
+    table = tables.with_wer(tables.summary(timings), tables.load_accuracy())
+    columns = ["model", "method", "device", "repeats", "wall_s", "speedup_vs_fp32", "x_realtime", "encoder_s",
+               "decoder_s", "decoder_ms_per_token", "load_s", "contended", "wer_pct", "wer_delta_ci"]
+    print(f"\nrun {run_id}: medians over repeats, speedup against fp32 of this run;")
+    print("WER (%, English clips) and its change against fp32 [95% CI] from the newest short-clip scoring with the same decoding")
+    print(table[columns].astype(object).fillna("").to_string(index=False))
+
+
+def cmd_compare(args) -> None:
+    table = tables.compare(tables.load_timings(), tables.published(), args.run_id, tables.load_accuracy())
+    print("qint8 speedup over nn.Linear fp32, ours (this machine, the freshest run that timed both) beside the original's (Ryzen 5 5600X, AVX2)")
+    print(table.astype(object).fillna("").T.to_string(header=False))
+
+
+def _percent(table: pd.DataFrame, columns) -> pd.DataFrame:
+    for column in columns:
+        table[column] = (100 * table.get(column, float("nan"))).round(2)
+    return table
+
+
+def cmd_accuracy(args) -> None:
+    opts = accuracy.Options(models=tuple(args.models), methods=tuple(args.methods or registry.tagged(registry.BENCH)),
+                            decoding=_decoding(args), threads=args.threads or 0, manifest=args.manifest, audio_dir=args.audio_dir)
+    _check((*opts.methods, "fp32"), opts.models, args.resume)
+    run_id = accuracy.run(opts, run_id=args.resume)
+    table = results.read("accuracy")
+    table = _percent(table[table.run_id == run_id].copy(), ("wer", "cer", "wer_delta", "ci_low", "ci_high"))
+    columns = ["model", "method", "language", "n_utterances", "audio_s", "metric", "wer", "cer", "wer_delta",
+               "ci_low", "ci_high", "identical_to_fp32", "fallbacks", "rtfx"]
+    print(f"\nrun {run_id}: corpus WER/CER in %, delta against fp32 in points with its 95% bootstrap CI")
+    print(table[[c for c in columns if c in table]].astype(object).fillna("").to_string(index=False))
+
+
+def cmd_longform(args) -> None:
+    opts = longform.Options(models=tuple(args.models), methods=tuple(args.methods or registry.tagged(registry.LONGFORM)),
+                            decoding=_decoding(args), threads=args.threads or 0)
+    _check((*opts.methods, "fp32"), opts.models, args.resume)
+    run_id = longform.run(opts, run_id=args.resume)
+    print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
+    table = results.read("longform")
+    table = _percent(table[table.run_id == run_id].copy(), ("wer", "wer_delta", "ci_low", "ci_high"))
+    columns = ["model", "method", "audio_id", "audio_s", "wall_s", "wer", "wer_delta", "ci_low", "ci_high", "fallbacks",
+               "windows", "deletions", "insertions", "substitutions", "repeated_ngrams"]
+    print(f"\nrun {run_id}: long recordings transcribed as users do; WER in %, delta against fp32 with its 95% CI over clips")
+    print(table[columns].astype(object).fillna("").to_string(index=False))
+
+
+def cmd_report(args) -> None:
+    timings, scores, reference = tables.load_timings(), tables.load_accuracy(), tables.published()
+    folder = publish.workspace.get().figures
+    for path in figures.write_figures(timings, scores, reference, folder, tables.load("memory"), tables.load_longform()):
+        print(f"figure: {path}")
+    publish.update_readme(publish.readme(), publish.readme_table(timings, scores, reference, tables.load("peak"), tables.load_longform()))
+    print("README.md: results section regenerated")
+    print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
+    if not args.no_notebooks:
+        for notebook in publish.notebooks():
+            publish.execute_notebook(notebook)
+            print(f"executed: {notebook}")
+
+
+def cmd_memory_probe(args) -> None:
+    print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language)))
+
+
+def cmd_audio(args) -> None:
+    if args.action == "seed":
+        print(f"original's clip: {inputs.fetch_seed()}")
+        return
+    clips = inputs.read_manifest(args.manifest)
+    found = inputs.available(clips)
+    print(f"{len(found)} of {len(clips)} manifest clips verified ({sum(c.duration_s for c, _ in found):.0f} s)")
+    clip = inputs.window()
+    print(f"benchmark input: {clip.path} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'})")
+    for recording in inputs.longform(args.manifest):
+        print(f"long recording: {recording.path} ({recording.duration_s:.1f} s, {len(recording.parts)} clips)")
+
+
+def _run_flags(parser: argparse.ArgumentParser, methods_tag: str) -> None:
+    parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=METHODS_HELP.format(" ".join(registry.tagged(methods_tag)), ", ".join(registry.REGISTRY)))
+    parser.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
+    parser.add_argument("--threads", type=threads, default=None, help="default: all available cores")
+    parser.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run instead of starting a new one")
+
+
+def add_commands(sub) -> None:
+    b = sub.add_parser("bench", help="time models x methods on one input, with the transcriber's decoding options")
+    _run_flags(b, registry.BENCH)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--audio", type=Path, help="a file to time instead of the ~30 s real-speech window")
+    b.add_argument("--language", default="en")
+    b.add_argument("--all", action="store_true", help="the full matrix (every method by default): window greedy and beam 5, "
+                   "thread scaling, memory, short-clip accuracy, the long-form gate")
+    b.set_defaults(func=cmd_bench)
+
+    w = sub.add_parser("accuracy", help="WER of models x methods on the real-speech clips of a manifest")
+    _run_flags(w, registry.BENCH)
+    w.add_argument("--manifest", type=Path, default=None, help="any manifest with file, sha256, language, reference")
+    w.add_argument("--audio-dir", type=Path, help="where the manifest's files are (default: the audio mirror)")
+    w.set_defaults(func=cmd_accuracy)
+
+    g = sub.add_parser("longform", help="the long-form gate: long recordings transcribed end to end, WER change vs fp32 with CIs")
+    _run_flags(g, registry.LONGFORM)
+    g.set_defaults(func=cmd_longform)
+
+    c = sub.add_parser("compare", help="our speedups beside the published ones")
+    c.add_argument("--run-id", help="default: per model, the freshest run that timed fp32-nn and qint8")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser("report", help="figures, the README results section, executed notebooks and auto's choices, from the rows")
+    r.add_argument("--no-notebooks", action="store_true")
+    r.set_defaults(func=cmd_report)
+
+    a = sub.add_parser("audio", help="verify the real-speech clips and build the benchmark inputs")
+    a.add_argument("action", choices=["prepare", "seed"])
+    a.add_argument("--manifest", type=Path, default=None)
+    a.set_defaults(func=cmd_audio)
+
+    p = sub.add_parser("memory-probe", help=argparse.SUPPRESS)
+    p.add_argument("model")
+    p.add_argument("method")
+    p.add_argument("audio", type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--language", default="en")
+    p.set_defaults(func=cmd_memory_probe)

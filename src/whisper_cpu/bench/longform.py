@@ -1,0 +1,157 @@
+"""The long-form accuracy gate: whole recordings transcribed the way users do, scored against fp32 with a CI.
+
+Short clips never exercise what breaks on long files: openai-whisper's temperature fallback (a window whose
+average log-probability or compression ratio crosses a threshold is re-decoded by sampling) and conditioning
+on the previous window's text. Here every method transcribes the long recordings of `inputs.longform` end to
+end through `Runner.transcribe`, exactly as `whisper-cpu transcribe` does. The hypothesis is aligned to the
+joined reference once; each error is attributed to the clip its reference words belong to (an insertion to
+the clip of the word before it), so the WER change against fp32 gets a paired bootstrap over clips, pooled
+across the recordings (one changed window shifts all later ones, so a single file is a noisy judge).
+"""
+
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import machine, registry, workspace
+from ..runner import DecodeOptions
+from . import inputs, results
+from .accuracy import bootstrap_delta, normalize
+
+NGRAM = 5  # a word 5-gram repeated more often than the reference has it: the mark of a hallucination loop
+POOLED = "all"  # the audio_id of the row pooled over every recording: the one the gate reads
+
+
+@dataclass(frozen=True)
+class Options:
+    models: tuple[str, ...] = ("tiny.en", "base")
+    methods: tuple[str, ...] = ("fp32",)
+    decoding: DecodeOptions = DecodeOptions()
+    threads: int = 0
+    manifest: Path | None = None
+
+
+def per_clip_errors(parts: tuple[tuple[str, str], ...], hypothesis: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(errors per clip, reference words per clip, substitutions/deletions/insertions in total)."""
+    owner, words = [], []
+    for index, (_, reference) in enumerate(parts):
+        clip_words = normalize(reference, "en").split()
+        words += clip_words
+        owner += [index] * len(clip_words)
+    hyp = normalize(hypothesis, "en")
+    errors, counts = np.zeros(len(parts)), Counter()
+    if not hyp:
+        np.add.at(errors, owner, 1)
+        return errors, np.bincount(owner, minlength=len(parts)).astype(float), {"deletions": len(words), "insertions": 0, "substitutions": 0}
+    for chunk in jiwer.process_words(" ".join(words), hyp).alignments[0]:
+        if chunk.type == "equal":
+            continue
+        if chunk.type == "insert":
+            errors[owner[max(0, chunk.ref_start_idx - 1)]] += chunk.hyp_end_idx - chunk.hyp_start_idx
+            counts["insertions"] += chunk.hyp_end_idx - chunk.hyp_start_idx
+            continue
+        for i in range(chunk.ref_start_idx, chunk.ref_end_idx):
+            errors[owner[i]] += 1
+        counts["deletions" if chunk.type == "delete" else "substitutions"] += chunk.ref_end_idx - chunk.ref_start_idx
+    return errors, np.bincount(owner, minlength=len(parts)).astype(float), {k: counts[k] for k in ("deletions", "insertions", "substitutions")}
+
+
+def repeated_ngrams(reference: str, hypothesis: str, n: int = NGRAM) -> int:
+    """Word n-grams the hypothesis repeats beyond the reference's own count of them."""
+    def grams(text):
+        w = normalize(text, "en").split()
+        return Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
+
+    ref = grams(reference)
+    return sum(max(0, c - ref[g]) for g, c in grams(hypothesis).items() if c > 1)
+
+
+def transcripts_path(run_id: str):
+    return workspace.get().results / "transcripts" / f"{run_id}-longform.jsonl"
+
+
+def transcribe_all(opts: Options, recordings: list[inputs.Input], run_id: str, threads: int, log) -> list[dict]:
+    """One record per model x method x recording; a resumed run skips what its transcripts already hold."""
+    path = transcripts_path(run_id)
+    done = {(r["model"], r["method"], r["audio_id"]) for r in results.read_jsonl(path)}
+    todo = [(m, k) for m in opts.models for k in dict.fromkeys(("fp32", *opts.methods))
+            if any((m, k, r.id) not in done for r in recordings)]
+    bar = tqdm(total=len(todo) * len(recordings), desc=f"longform {run_id}", unit="recording")
+    for model_name, method_name in todo:
+        entry = registry.get(method_name)
+        if why := entry.unavailable():
+            log(f"note: {method_name} skipped: {why}")
+            bar.update(len(recordings))
+            continue
+        bar.set_postfix_str(f"{model_name} {method_name}")
+        runner = entry.load(model_name, threads)
+        for recording in recordings:
+            if (model_name, method_name, recording.id) not in done:
+                decoding = replace(opts.decoding, language="en")
+                start = time.perf_counter()
+                transcript = runner.transcribe(recording.path, decoding)
+                results.append_jsonl(path, [{
+                    "run_id": run_id, "model": model_name, "method": method_name, "system": entry.system.name,
+                    "audio_id": recording.id, "audio_s": round(recording.duration_s, 3), "decoding": opts.decoding.tag,
+                    "wall_s": round(time.perf_counter() - start, 3), "windows": len({s.get("seek") for s in transcript.segments}),
+                    "fallbacks": transcript.fallbacks, "hypothesis": transcript.text,
+                }])
+            bar.update(1)
+        del runner
+    bar.close()
+    return results.read_jsonl(path)
+
+
+def score(records: list[dict], recordings: list[inputs.Input]) -> list[dict]:
+    """A row per model x method x recording, and one pooled over the recordings, with the CI against fp32."""
+    parts = {r.id: r.parts for r in recordings}
+    clips: dict[tuple, dict] = {}  # (model, method) -> recording -> (errors, words, counts, record)
+    for r in records:
+        errors, words, counts = per_clip_errors(parts[r["audio_id"]], r["hypothesis"])
+        clips.setdefault((r["model"], r["method"]), {})[r["audio_id"]] = (errors, words, counts, r)
+    rows = []
+    for (model, method), by_recording in clips.items():
+        base = clips.get((model, "fp32"), {})
+        for audio_id in [*by_recording, POOLED]:
+            ids = list(by_recording) if audio_id == POOLED else [audio_id]
+            if audio_id == POOLED and (len(ids) < 2 or set(ids) != set(parts)):
+                continue
+            errors, words = (np.concatenate([by_recording[i][k] for i in ids]) for k in (0, 1))
+            records_ = [by_recording[i][3] for i in ids]
+            reference = " ".join(ref for i in ids for _, ref in parts[i])
+            row = {
+                "model": model, "method": method, "system": records_[0]["system"], "audio_id": audio_id,
+                "audio_s": round(sum(r["audio_s"] for r in records_), 3), "wall_s": round(sum(r["wall_s"] for r in records_), 3),
+                "wer": round(errors.sum() / words.sum(), 5),
+                **{k: sum(by_recording[i][2][k] for i in ids) for k in ("deletions", "insertions", "substitutions")},
+                "fallbacks": None if any(r["fallbacks"] is None for r in records_) else sum(r["fallbacks"] for r in records_),
+                "windows": sum(r["windows"] for r in records_),
+                "repeated_ngrams": repeated_ngrams(reference, " ".join(r["hypothesis"] for r in records_)),
+            }
+            if method != "fp32" and all(i in base for i in ids):
+                base_errors = np.concatenate([base[i][0] for i in ids])
+                delta, low, high = bootstrap_delta(base_errors, errors, words)
+                row |= {"wer_delta": round(delta, 5), "ci_low": round(low, 5), "ci_high": round(high, 5)}
+            rows.append(row)
+    return rows
+
+
+def run(opts: Options, run_id: str | None = None, log=print) -> str:
+    """Transcribe the long recordings with every model x method (fp32 always, as the baseline) and score them."""
+    run_id = run_id or results.new_run_id()
+    threads = opts.threads or machine.default_threads()
+    torch.set_num_threads(threads)
+    recordings = inputs.longform(opts.manifest)
+    records = transcribe_all(opts, recordings, run_id, threads, log)
+    wanted = {(m, k) for m in opts.models for k in ("fp32", *opts.methods)}
+    rows = score([r for r in records if (r["model"], r["method"]) in wanted], recordings)
+    env = results.environment(threads)
+    results.append("longform", [{"run_id": run_id, "timestamp": results.now(), **env, "beam_size": opts.decoding.beam_size or 1,
+                                 "decoding": opts.decoding.tag, **row} for row in rows])
+    return run_id

@@ -1,0 +1,147 @@
+"""The systems a user would pick instead, run through the same contract on the same weights, and registered.
+
+Decoding must match ours to compare fairly: faster-whisper's defaults differ from openai-whisper's (beam 5,
+VAD options), which is the most common cause of wrong comparisons. Both peers get the `DecodeOptions` our
+transcriber runs: the same beam width, the same temperature fallback and thresholds (whisper.cpp judges
+repetition by entropy, not compression ratio: its threshold 2.4 is its own default), the same conditioning on
+previous text, no VAD, timestamps on; the segment generator is consumed inside the timed region.
+"""
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import UserError, audio, models, registry
+from ..registry import Entry, System, register
+from ..runner import DecodeOptions, Transcript, fallback_windows, samples_of
+
+FASTER_WHISPER = System("faster-whisper", "tab:orange")
+WHISPER_CPP = System("whisper.cpp", "tab:green")
+
+
+def ct2_model_dir(name: str) -> Path:
+    """The CTranslate2 directory holding the same weights as our openai-whisper checkpoint."""
+    path = Path(name)
+    if path.is_dir() and (path / "model.bin").exists():
+        return path
+    if name not in models.OFFLINE_PACKAGES:
+        raise UserError(f"faster-whisper needs a CTranslate2 directory for '{name}': pass its path as the model")
+    return models.ct2_dir(name)
+
+
+class FasterWhisperRunner:
+    def __init__(self, name: str, compute_type: str, threads: int):
+        from faster_whisper import WhisperModel
+
+        folder = ct2_model_dir(name)
+        self.model = WhisperModel(str(folder), device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1)
+        self.weights = [folder / "model.bin"]
+        self.multilingual = self.model.model.is_multilingual
+
+    def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
+        segments, info = self.model.transcribe(
+            samples_of(source), language=options.language, task=options.task, beam_size=options.beam_size or 1,
+            best_of=options.best_of or 1, temperature=list(options.temperature),
+            compression_ratio_threshold=options.compression_ratio_threshold, log_prob_threshold=options.logprob_threshold,
+            no_speech_threshold=options.no_speech_threshold, condition_on_previous_text=options.condition_on_previous_text,
+            initial_prompt=options.initial_prompt, vad_filter=False, without_timestamps=False,
+        )
+        segments = [{"seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
+                     "temperature": s.temperature, "avg_logprob": s.avg_logprob} for s in segments]
+        return Transcript("".join(s["text"] for s in segments).strip(), segments, info.language, fallback_windows(segments))
+
+    def split_times(self, samples, options: DecodeOptions) -> tuple[float, float, int]:
+        from faster_whisper.tokenizer import Tokenizer
+
+        window = np.pad(samples[: audio.SAMPLE_RATE * 30], (0, max(0, audio.SAMPLE_RATE * 30 - len(samples))))
+        features = self.model.feature_extractor(window)[:, : self.model.feature_extractor.nb_max_frames]
+        tokenizer = Tokenizer(self.model.hf_tokenizer, self.multilingual, task=options.task, language=options.language)
+        start = time.perf_counter()
+        encoded = self.model.encode(features)
+        encoder_s = time.perf_counter() - start
+        start = time.perf_counter()
+        (result,) = self.model.model.generate(encoded, [list(tokenizer.sot_sequence)], beam_size=options.beam_size or 1,
+                                              max_length=448, suppress_blank=True, suppress_tokens=[-1])
+        return encoder_s, time.perf_counter() - start, len(result.sequences_ids[0])
+
+
+def whispercpp_missing() -> str | None:
+    """Why whisper.cpp cannot run here, if it cannot (make whispercpp builds it)."""
+    try:
+        import _pywhispercpp  # noqa: F401
+    except ImportError as error:
+        return f"pywhispercpp is not installed or does not load ({error}): run `make whispercpp`"
+    return None
+
+
+class WhisperCppRunner:
+    """whisper.cpp (through pywhispercpp, compiled natively) on ggml files our code writes from the same checkpoint."""
+
+    def __init__(self, name: str, ftype: str, threads: int):
+        from . import ggml
+
+        self.path, self.threads = ggml.model_file(name, ftype), threads
+        self.weights = [self.path]
+        self.multilingual = models.dims(name).n_vocab >= 51865
+        self._models: dict[DecodeOptions, object] = {}
+
+    def _model(self, options: DecodeOptions):
+        """One whisper.cpp context per set of options (its parameters are fixed when the context is made)."""
+        key = options.__class__(**{**vars(options), "language": None})
+        if key not in self._models:
+            from pywhispercpp.model import Model
+
+            search = {"params_sampling_strategy": 1, "beam_search": {"beam_size": options.beam_size, "patience": -1.0}} if options.beam_size else {}
+            steps = np.diff(options.temperature)
+            self._models[key] = Model(
+                str(self.path), n_threads=self.threads, temperature=options.temperature[0],
+                temperature_inc=float(steps[0]) if len(steps) else 0.0, no_context=not options.condition_on_previous_text,
+                logprob_thold=options.logprob_threshold if options.logprob_threshold is not None else -np.inf,
+                no_speech_thold=options.no_speech_threshold if options.no_speech_threshold is not None else 1.0,
+                initial_prompt=options.initial_prompt, print_progress=False, print_realtime=False, redirect_whispercpp_logs_to=None, **search)
+        return self._models[key]
+
+    def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
+        import _pywhispercpp as pw
+
+        model = self._model(options)
+        segments = model.transcribe(samples_of(source), language=options.language or "auto")
+        tokens = [[0] * pw.whisper_full_n_tokens(model._ctx, i) for i in range(len(segments))]
+        segments = [{"start": s.t0 / 100, "end": s.t1 / 100, "text": s.text, "tokens": t} for s, t in zip(segments, tokens)]
+        return Transcript("".join(s["text"] for s in segments).strip(), segments, options.language or "")
+
+    def split_times(self, samples, options: DecodeOptions) -> tuple[float, float, int]:
+        """whisper.cpp's own timings of one 30 s window: encode, and decode + batched decode + prompt."""
+        import _pywhispercpp as pw
+
+        model = self._model(options)
+        pw.whisper_reset_timings(model._ctx)
+        model.transcribe(samples[: audio.SAMPLE_RATE * 30], language=options.language or "auto")
+        lines: list[str] = []
+        pw.whisper_log_set(lambda level, text: lines.append(text))
+        try:
+            pw.whisper_print_timings(model._ctx)
+        finally:
+            pw.whisper_log_set(None)  # a Python callback left set aborts the interpreter at exit
+        found = {k: (float(ms), int(runs or 0)) for k, ms, runs in re.findall(r"(\w+) time = +([\d.]+) ms(?: / +(\d+) runs)?", "".join(lines))}
+        decoder = [found.get(k, (0.0, 0)) for k in ("decode", "batchd", "prompt")]
+        return found["encode"][0] / 1000, sum(ms for ms, _ in decoder) / 1000, found.get("decode", (0, 0))[1] + found.get("batchd", (0, 0))[1]
+
+
+for _entry in [
+    Entry("faster-whisper-fp32", FASTER_WHISPER, "faster-whisper (CTranslate2) compute_type float32, same weights",
+          lambda model, threads: FasterWhisperRunner(model, "float32", threads)),
+    Entry("faster-whisper-int8", FASTER_WHISPER, "faster-whisper (CTranslate2) compute_type int8, same weights",
+          lambda model, threads: FasterWhisperRunner(model, "int8", threads), arithmetic="int8",
+          tags=frozenset({registry.SCALING, registry.BEAM, registry.LONGFORM})),
+    *(
+        Entry(f"whisper.cpp-{ftype}", WHISPER_CPP, f"whisper.cpp (pywhispercpp built natively), ggml {ftype} written from the same checkpoint",
+              lambda model, threads, ftype=ftype: WhisperCppRunner(model, ftype, threads), unavailable=whispercpp_missing,
+              arithmetic="fp32" if ftype == "f16" else "int8",
+              tags=frozenset({registry.SCALING, registry.BEAM}) if ftype == "q8_0" else frozenset())
+        for ftype in ("f16", "q8_0", "q5_0")
+    ),
+]:
+    register(_entry)

@@ -1,0 +1,106 @@
+"""What the report publishes from the tables: the README's results section, the executed notebooks, and the
+measured choices that `whisper-cpu transcribe --method auto` reads."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .. import UserError, workspace
+from ..files import write_text
+from ..runner import DecodeOptions
+from . import tables
+from .tables import (_ratio, compare, fastest_at_equal_accuracy, headline, latest_run, longform_table, main_rows, peak_share,
+                     summary, with_wer)
+from .figures import machine_label
+
+
+def write_choices(path: Path | None = None) -> Path:
+    """Derive results/choices.json from every row measured so far (atomically: `auto` may read it meanwhile)."""
+    timings = tables.load_timings()
+    found = tables.choices(timings, tables.load_accuracy(), tables.load_longform(), DecodeOptions().tag)
+    return write_text(path or workspace.get().choices, json.dumps({"decoding": DecodeOptions().tag, "choices": found}, indent=1, ensure_ascii=False) + "\n")
+
+
+def readme() -> Path:
+    return workspace.get().home / "README.md"
+
+
+def notebooks() -> list[Path]:
+    return sorted((workspace.get().home / "notebooks").glob("*.ipynb"))
+
+
+def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, peak_rows: pd.DataFrame | None = None,
+                 longform: pd.DataFrame | None = None) -> str:
+    """The README's results section: speed, speedup and WER with its CI, beside the published speedup."""
+    run_id = latest_run(timings)
+    run = main_rows(timings, run_id)
+    table = with_wer(summary(run), accuracy)
+    published_ = compare(timings, reference, run_id).set_index("model")["published_qint8_speedup"]
+    table["published"] = [published_.get(m) if k == "qint8" else None for m, k in zip(table.model, table.method)]
+    nn_walls = table[table.method == "fp32-nn"].set_index("model").wall_s
+    table["vs_nn"] = [_ratio(nn_walls.get(m), w) for m, w in zip(table.model, table.wall_s)]
+    shown = pd.DataFrame({
+        "model": table.model, "method": table.method, "median s": table.wall_s.round(2),
+        "speedup vs fp32": table.speedup_vs_fp32, "speedup vs fp32-nn": table.vs_nn, "x real time": table.x_realtime,
+        "encoder s": table.encoder_s.round(3), "decoder s": table.decoder_s.round(3),
+        "WER %": table.wer_pct, "ΔWER vs fp32 [95% CI], points": table.wer_delta_ci,
+        "published speedup vs fp32 nn.Linear": table.published,
+    })
+    first = run.iloc[0]
+    header = (
+        f"Run `{run_id}` on {machine_label(run)}; torch {first['torch']}, openai-whisper {first['openai_whisper']}, "
+        f"commit {first.get('git_commit', '?')}, {first['timestamp'][:10]}. Input: {first['audio_id']} "
+        f"({first['audio_s']} s of real speech), {int(run.repeat.max()) + 1} repeats, medians; speedups within this run. "
+        "WER: all English clips of `audio/manifest.csv`, latest `make accuracy`."
+    )
+    markdown = header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n"
+    best = fastest_at_equal_accuracy(timings, accuracy, run_id) if len(accuracy) else pd.DataFrame()
+    if len(best):
+        markdown += (
+            "\nFastest configuration of each system whose WER is not measurably worse than fp32's (the 95% CI of "
+            "its change reaches zero), seconds per 30 s of audio:\n\n" + best.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    versus = headline(timings, accuracy, run_id) if len(accuracy) else pd.DataFrame()
+    if len(versus):
+        markdown += (
+            "\nOurs against each peer's fastest configuration (at any accuracy), same run and window, greedy and beam 5; "
+            "`vs_` columns are the peer's time over ours (above 1: ours is faster):\n\n" + versus.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    shares = peak_share(timings, peak_rows, run_id) if peak_rows is not None and len(peak_rows) else pd.DataFrame()
+    if len(shares):
+        markdown += (
+            "\nShare of this CPU's measured peak (2048^3 matrix product per number format, same run): encoder and "
+            "decoder on the window, greedy, matrix-product FLOPs only:\n\n" + shares.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    gate = longform_table(longform) if longform is not None else pd.DataFrame()
+    if len(gate):
+        markdown += (
+            f"\nThe long-form gate (run `{gate.run_id.iloc[0]}`): each long recording transcribed whole, as `whisper-cpu transcribe` "
+            "does (temperature fallback, conditioning on previous text), pooled over the recordings; ΔWER against fp32 in points "
+            "with its 95% paired bootstrap interval over clips; fallbacks = windows re-decoded above temperature 0 / windows:\n\n"
+            + gate.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    return markdown
+
+
+def update_readme(path: Path, markdown: str, start: str = "<!-- results:start -->", end: str = "<!-- results:end -->") -> None:
+    text = Path(path).read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise UserError(f"{path}: the markers {start} and {end} are missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_text(path, f"{head}{start}\n{markdown}{end}{tail}")
+
+
+def execute_notebook(path: Path, output: Path | None = None, timeout: int = 600) -> Path:
+    """Run a notebook headless (no Jupyter server) and store it with its outputs."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    output = Path(output or path)
+    write_text(output, nbformat.writes(notebook) + "\n")
+    return output
+

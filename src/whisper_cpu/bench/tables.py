@@ -1,0 +1,306 @@
+"""Tables derived from the raw result rows: medians, same-run speedups, the published comparison, the accuracy
+gates and the measured choices of `--method auto`. Everything here only reads rows: what a model or a method
+is (its arithmetic, its FLOPs per window) was recorded with the row when it was measured."""
+
+import pandas as pd
+
+from .. import UserError, registry, workspace
+from . import results
+
+KEYS = ["run_id", "model", "method", "device", "beam_size", "threads", "audio_id"]
+PUBLISHED_CPU = "AMD Ryzen 5 5600X (AVX2)"
+OLD_DECODING = "t0"  # rows from before the `decoding` column: temperature 0, no fallback, no conditioning
+
+
+def _with_decoding(rows: pd.DataFrame) -> pd.DataFrame:
+    if len(rows) and "decoding" not in rows:
+        rows = rows.assign(decoding=OLD_DECODING)
+    return rows.fillna({"decoding": OLD_DECODING}) if len(rows) else rows
+
+
+def load_timings() -> pd.DataFrame:
+    timings = results.read("timings")
+    if timings.empty:
+        raise UserError(f"no timings under {workspace.get().results}: run `make bench` first")
+    return _with_decoding(timings)
+
+
+def load_accuracy() -> pd.DataFrame:
+    """The newest accuracy row per model x method x language x beam x decoding (empty when nothing was scored)."""
+    table = _with_decoding(results.read("accuracy"))
+    if table.empty:
+        return pd.DataFrame(columns=["model", "method", "language", "beam_size", "decoding", "wer", "wer_delta", "ci_low", "ci_high"])
+    return table.drop_duplicates(["model", "method", "language", "beam_size", "decoding"], keep="last")
+
+
+def load_longform() -> pd.DataFrame:
+    """The newest long-form row per model x method x recording x beam x decoding."""
+    table = results.read("longform")
+    return table.drop_duplicates(["model", "method", "audio_id", "beam_size", "decoding"], keep="last") if len(table) else table
+
+
+def load(table: str) -> pd.DataFrame:
+    return results.read(table)
+
+
+def original_rows() -> list[tuple]:
+    """our method, device -> the original's (device, dtype, linear layer) row, from the registry."""
+    return [(e.name, e.device, *e.original) for e in registry.REGISTRY.values() if e.original]
+
+
+def latest_run(timings: pd.DataFrame) -> str:
+    return timings["run_id"].iloc[-1]
+
+
+def main_rows(timings: pd.DataFrame, run_id: str | None = None, beam: int | None = None) -> pd.DataFrame:
+    """A run's headline rows: its first input (the 30 s window) at its highest thread count, greedy unless `beam`."""
+    run = timings[timings.run_id == (run_id or latest_run(timings))]
+    run = run[run.audio_id == run.audio_id.iloc[0]]
+    run = run[run.beam_size == (beam or run.beam_size.min())]
+    return run[run.threads == run.threads.max()]
+
+
+def summary(timings: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: medians over repeats, speedup against fp32 on the CPU of the same run."""
+    table = (
+        timings.groupby(KEYS, sort=False)
+        .agg(
+            system=("system", "first"), audio_s=("audio_s", "first"), repeats=("wall_s", "size"),
+            load_s=("load_s", "first"), wall_s=("wall_s", "median"), encoder_s=("encoder_s", "median"),
+            decoder_s=("decoder_s", "median"), window_tokens=("window_tokens", "median"),
+            contended=("contended", "sum"), **({"decoding": ("decoding", "first")} if "decoding" in timings else {}),
+        )
+        .reset_index()
+    )
+    same = ["run_id", "model", "beam_size", "threads", "audio_id"]
+    base = table[(table.method == "fp32") & (table.device == "cpu")].set_index(same)
+    fp32 = table.set_index(same).index.map(base["wall_s"].to_dict())
+    table["speedup_vs_fp32"] = (pd.Series(fp32, index=table.index, dtype=float) / table.wall_s).round(2)
+    table["x_realtime"] = (table.audio_s / table.wall_s).round(2)
+    table["decoder_ms_per_token"] = (1000 * table.decoder_s / table.window_tokens).round(2)
+    return table
+
+
+def with_wer(table: pd.DataFrame, accuracy: pd.DataFrame, language: str = "en") -> pd.DataFrame:
+    """Add English WER and its delta against fp32 (95% CI) beside each timing row."""
+    scores = accuracy[accuracy.language == language].copy()
+    for column in ("wer_delta", "ci_low", "ci_high"):
+        if column not in scores:
+            scores[column] = float("nan")
+    scores["wer_delta_ci"] = [_delta_ci(d, lo, hi) for d, lo, hi in zip(scores.wer_delta, scores.ci_low, scores.ci_high)]
+    scores["wer_pct"] = (100 * scores.wer).round(2)
+    keys = ["model", "method"] + [k for k in ("beam_size", "decoding") if k in scores and k in table]
+    return table.merge(scores[keys + ["wer_pct", "wer_delta_ci"]], on=keys, how="left")
+
+
+def published() -> pd.DataFrame:
+    """The original experiment's table: an input committed beside the results, not a result of ours."""
+    return pd.read_csv(workspace.get().home / "results" / "published.csv")
+
+
+def freshest_run(timings: pd.DataFrame, model: str, methods: tuple[str, ...]) -> str | None:
+    """The newest run that timed every one of `methods` for `model` on the CPU (rows are in run order)."""
+    rows = timings[(timings.model == model) & (timings.device == "cpu")]
+    complete = [run for run, group in rows.groupby("run_id", sort=False) if set(methods) <= set(group.method)]
+    return complete[-1] if complete else None
+
+
+def compare(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None, accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Our qint8 speedup over nn.Linear fp32 (the original's own comparison) beside the published one, per model
+    from the freshest run that timed both (or from `run_id`), which the table names.
+
+    Published sizes are matched by size: our tiny.en is the English-only tiny, same architecture and cost.
+    """
+    accuracy = accuracy if accuracy is not None else load_accuracy().iloc[:0]
+    cpu = reference[reference.device == "cpu"]
+    rows = []
+    for model in timings.model.unique():
+        run = run_id or freshest_run(timings, model, ("fp32-nn", "qint8"))
+        if run is None or model not in set(timings[timings.run_id == run].model):
+            continue
+        ours = summary(main_rows(timings[timings.model == model], run).query("device == 'cpu'"))
+        ours = ours[ours.beam_size == 1] if (ours.beam_size == 1).any() else ours
+        mine = with_wer(ours, accuracy).set_index("method")
+        median = mine["wall_s"]
+        size = model.split(".")[0]
+        pub = cpu[cpu.model == size].set_index("dtype")["inference_time_s"]
+        audio_s = ours.audio_s.iloc[0]
+        rows.append({
+            "model": model, "run_id": run, "published_model": size if len(pub) else "",
+            "fp32_s": median.get("fp32"), "fp32_nn_s": median.get("fp32-nn"), "qint8_s": median.get("qint8"),
+            "qint8_speedup": _ratio(median.get("fp32-nn"), median.get("qint8")),
+            "published_fp32_s": pub.get("fp32"), "published_qint8_s": pub.get("qint8"),
+            "published_qint8_speedup": _ratio(pub.get("fp32"), pub.get("qint8")),
+            "qint8_x_realtime": _ratio(audio_s, median.get("qint8")),
+            "published_qint8_x_realtime": _ratio(30.0, pub.get("qint8")),
+            "fp32_wer_pct": mine["wer_pct"].get("fp32"), "qint8_wer_pct": mine["wer_pct"].get("qint8"),
+            "qint8_wer_delta_ci": mine["wer_delta_ci"].get("qint8"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _ratio(a, b):
+    return round(a / b, 2) if a is not None and b is not None and pd.notna(a) and pd.notna(b) else None
+
+
+def original_table(timings: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """The original's results table per model, our rows beside the published ones (speedup vs CPU fp32 nn.Linear)."""
+    ours = summary(main_rows(timings, run_id))
+    ours = ours[ours.beam_size == ours.beam_size.min()]
+    rows = []
+    for model in ours.model.unique():
+        mine = ours[ours.model == model].set_index(["method", "device"])
+        size = model.split(".")[0]
+        base = mine["wall_s"].get(("fp32-nn", "cpu"))
+        for method, device, shown, dtype, layer in original_rows():
+            if (method, device) in mine.index:
+                wall = mine.loc[(method, device), "wall_s"]
+                audio_s = mine.loc[(method, device), "audio_s"]
+                rows.append({"model": model, "source": "ours", "device": shown, "dtype": dtype, "linear_layer": layer,
+                             "inference_s": round(wall, 3), "speedup": _ratio(base, wall), "x_realtime": _ratio(audio_s, wall)})
+        pub = reference[reference.model == size]
+        pub_base = pub[(pub.device == "cpu") & (pub.dtype == "fp32")].inference_time_s
+        for r in pub.itertuples():
+            rows.append({"model": model, "source": "published", "device": r.device, "dtype": r.dtype,
+                         "linear_layer": r.linear_layer, "inference_s": r.inference_time_s,
+                         "speedup": _ratio(pub_base.iloc[0], r.inference_time_s) if r.device == "cpu" and len(pub_base) else None,
+                         "x_realtime": _ratio(r.audio_s, r.inference_time_s)})
+    return pd.DataFrame(rows)
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The points no other point beats on both x and y (lower is better for both)."""
+    ordered = points.sort_values([x, y])
+    best, keep = float("inf"), []
+    for index, value in ordered[y].items():
+        if value < best:
+            keep.append(index)
+            best = value
+    return ordered.loc[keep]
+
+
+def speed_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, language: str = "en", beam: int = 1) -> pd.DataFrame:
+    """One row per model x method at one beam width: seconds per 30 s of audio (this run), corpus WER (latest scoring)."""
+    table = summary(main_rows(timings, run_id, beam).query("device == 'cpu'"))
+    table["s_per_30s"] = (table.wall_s * 30 / table.audio_s).round(3)
+    scores = accuracy[(accuracy.language == language) & (accuracy.get("beam_size", 1) == beam)]
+    if "decoding" in scores and "decoding" in table:
+        scores = scores[scores.decoding.isin(set(table.decoding))]
+    scores = scores.reindex(columns=["model", "method", "wer", "wer_delta", "ci_low", "ci_high"])
+    table = table.merge(scores, on=["model", "method"], how="inner")
+    table["wer_pct"] = (100 * table.wer).round(2)
+    return table[["model", "method", "system", "s_per_30s", "x_realtime", "speedup_vs_fp32", "wer_pct", "wer_delta", "ci_low", "ci_high"]]
+
+
+def fastest_at_equal_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, beam: int = 1) -> pd.DataFrame:
+    """Per model and system, the fastest configuration not measurably less accurate than fp32 (CI reaches 0)."""
+    points = speed_accuracy(timings, accuracy, run_id, beam=beam)
+    equal = points[[faithful(m, low) for m, low in zip(points.method, points.ci_low)]]
+    best = equal.loc[equal.groupby(["model", "system"]).s_per_30s.idxmin()].sort_values(["model", "s_per_30s"])
+    best["delta_ci"] = [_delta_ci(d, lo, hi) for d, lo, hi in zip(best.wer_delta, best.ci_low, best.ci_high)]
+    return best[["model", "system", "method", "s_per_30s", "x_realtime", "speedup_vs_fp32", "wer_pct", "delta_ci"]]
+
+
+def headline(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """Per model and beam width: our fastest method at fp32's accuracy against each peer's fastest configuration
+    at any accuracy (the strictest comparison), same run, same window; ratio > 1 means ours is faster."""
+    run_id = run_id or latest_run(timings)
+    rows = []
+    for beam in sorted(timings[timings.run_id == run_id].beam_size.unique()):
+        table = summary(main_rows(timings, run_id, beam).query("device == 'cpu'"))
+        table["s_per_30s"] = table.wall_s * 30 / table.audio_s
+        ours = fastest_at_equal_accuracy(timings, accuracy, run_id, beam=beam).query("system == 'whisper_cpu'").set_index("model")
+        for model, group in table.groupby("model", sort=False):
+            if model not in ours.index:
+                continue
+            row = {"model": model, "beam": int(beam), "ours": ours.loc[model, "method"], "ours_s": round(ours.loc[model, "s_per_30s"], 3),
+                   "ours_delta_wer": ours.loc[model, "delta_ci"]}
+            for system in ("faster-whisper", "whisper.cpp"):
+                peer = group[group.system == system]
+                if len(peer):
+                    best = peer.loc[peer.s_per_30s.idxmin()]
+                    row |= {f"{system}_best": best.method, f"{system}_s": round(best.s_per_30s, 3),
+                            f"vs_{system}": round(best.s_per_30s / ours.loc[model, "s_per_30s"], 2)}
+            if any(key.startswith("vs_") for key in row):
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def peak_share(timings: pd.DataFrame, peak_rows: pd.DataFrame, run_id: str | None = None, beam: int = 1) -> pd.DataFrame:
+    """Achieved GFLOP/s of the encoder and the decoder on the window, and their share of this CPU's measured peak
+    for the number format each method multiplies in (int8 methods against the int8 peak, and so on). The FLOPs
+    and the arithmetic were recorded with each row; rows from before they were are left out."""
+    run_id = run_id or latest_run(timings)
+    run = main_rows(timings, run_id, beam).query("device == 'cpu'")
+    if "decoder_gflop" not in run or run.decoder_gflop.isna().all():
+        return pd.DataFrame()
+    flops = run.groupby(["model", "method"], sort=False).agg(arithmetic=("arithmetic", "first"), encoder_gflop=("encoder_gflop", "median"),
+                                                             decoder_gflop=("decoder_gflop", "median"))
+    table = summary(run).set_index(["model", "method"]).join(flops).reset_index()
+    peaks = peak_rows[(peak_rows.run_id == run_id)] if len(peak_rows) else peak_rows
+    peaks = peaks[peaks.threads == peaks.threads.max()].set_index("arithmetic").gflops if len(peaks) else pd.Series(dtype=float)
+    top = table.arithmetic.map(peaks.to_dict()).astype(float)
+    enc, dec = table.encoder_gflop / table.encoder_s, table.decoder_gflop / table.decoder_s
+    return pd.DataFrame({"model": table.model, "method": table.method, "arithmetic": table.arithmetic, "peak_gflops": top,
+                         "encoder_gflops": enc.round(1), "encoder_pct_peak": (100 * enc / top).round(1),
+                         "decoder_gflops": dec.round(1), "decoder_pct_peak": (100 * dec / top).round(1),
+                         "decoder_ms_per_token": table.decoder_ms_per_token})
+
+
+def _delta_ci(delta, low, high) -> str:
+    return f"{100 * delta:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]" if pd.notna(delta) else ""
+
+
+
+def faithful(method: str, *ci_lows: float) -> bool:
+    """fp32 itself, or every gate's 95% CI of the WER change against fp32 reaches zero (missing counts as failed)."""
+    return method == "fp32" or all(pd.notna(low) and low <= 0 for low in ci_lows)
+
+
+def _gate(rows: pd.DataFrame, cpu: str, model: str, method: str) -> tuple[float, str]:
+    """(CI low end, description) of the newest score of a method on this CPU, or (nan, 'not measured')."""
+    mine = rows[(rows.cpu == cpu) & (rows.model == model) & (rows.method == method)] if len(rows) else rows
+    if not len(mine):
+        return float("nan"), "not measured"
+    last = mine.iloc[-1]
+    if method == "fp32":
+        return float("nan"), f"the baseline (run {last.run_id})"
+    return last.get("ci_low", float("nan")), f"ΔWER {_delta_ci(last.get('wer_delta'), last.get('ci_low'), last.get('ci_high'))} points (run {last.run_id})"
+
+
+def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFrame, decoding: str) -> list[dict]:
+    """What `--method auto` chooses from: per CPU, model, thread count and method, the freshest greedy timing on
+    one window with the transcriber's decoding, and both accuracy gates (short clips, long recordings pooled)
+    from the newest scoring on the same CPU."""
+    rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding) & (timings.audio_s <= 30)]
+    short = accuracy[(accuracy.language == "en") & (accuracy.beam_size == 1) & (accuracy.decoding == decoding)] if len(accuracy) else accuracy
+    long = longform[(longform.audio_id == "all") & (longform.beam_size == 1) & (longform.decoding == decoding)] if len(longform) else longform
+    found = []
+    for (cpu, model, threads, method), group in rows.groupby(["cpu", "model", "threads", "method"], sort=False):
+        if method not in registry.REGISTRY or not registry.REGISTRY[method].ours:
+            continue
+        newest = group[group.run_id == group.run_id.iloc[-1]]
+        short_low, short_why = _gate(short, cpu, model, method)
+        long_low, long_why = _gate(long, cpu, model, method)
+        found.append({"cpu": cpu, "model": model, "threads": int(threads), "method": method,
+                      "s_per_30s": round(float((newest.wall_s * 30 / newest.audio_s).median()), 3), "timing_run": newest.run_id.iloc[0],
+                      "faithful": faithful(method, short_low, long_low),
+                      "why": f"short clips: {short_why}; long recordings: {long_why}"})
+    return found
+
+
+def longform_table(longform: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """The long-form gate per model and method, pooled over the recordings: time, WER, its change against
+    fp32 with the 95% CI over clips, fallback windows, error kinds and hallucination loops."""
+    if not len(longform):
+        return pd.DataFrame()
+    run_id = run_id or longform.run_id.iloc[-1]
+    rows = longform[(longform.run_id == run_id) & (longform.audio_id == "all")]
+    return pd.DataFrame({
+        "model": rows.model, "method": rows.method, "system": rows.system, "audio_s": rows.audio_s, "wall_s": rows.wall_s.round(1),
+        "x_realtime": (rows.audio_s / rows.wall_s).round(1), "wer_pct": (100 * rows.wer).round(2),
+        "delta_ci": [_delta_ci(d, lo, hi) for d, lo, hi in zip(rows.get("wer_delta"), rows.get("ci_low"), rows.get("ci_high"))],
+        "fallbacks": [f"{f:.0f}/{w:.0f}" if pd.notna(f) else "" for f, w in zip(rows.fallbacks, rows.windows)],
+        "deletions": rows.deletions, "insertions": rows.insertions, "substitutions": rows.substitutions,
+        "repeated_ngrams": rows.repeated_ngrams, "run_id": rows.run_id,
+    }).reset_index(drop=True)

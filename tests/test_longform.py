@@ -1,0 +1,62 @@
+import csv
+
+import pandas as pd
+import pytest
+
+from whisper_cpu import workspace
+from whisper_cpu.bench import inputs, longform, results
+
+PARTS = (("a", "the cat sat on the mat"), ("b", "a dog ran far away"), ("c", "birds sing at dawn"))
+
+
+def test_errors_are_attributed_to_the_clips_whose_words_they_touch():
+    hypothesis = "the cat sat on a mat a dog ran ran far birds sing at dawn"  # sub in a, insert + deletion in b
+    errors, words, counts = longform.per_clip_errors(PARTS, hypothesis)
+    assert words.tolist() == [6, 5, 4]
+    assert errors.tolist() == [1, 2, 0]
+    assert counts == {"deletions": 1, "insertions": 1, "substitutions": 1}
+    errors, _, counts = longform.per_clip_errors(PARTS, "")
+    assert errors.tolist() == [6, 5, 4] and counts["deletions"] == 15
+
+
+def test_repeated_ngrams_count_loops_beyond_the_reference():
+    reference = "red green blue cyan pink gray black"
+    assert longform.repeated_ngrams(reference, reference) == 0
+    looped = reference + " red green blue cyan pink red green blue cyan pink"
+    assert longform.repeated_ngrams(reference, looped) == 2
+
+
+def test_scores_pool_the_recordings_and_bootstrap_over_clips():
+    recordings = [inputs.Input(name, None, 10.0, "en", "", parts=PARTS) for name in ("r1", "r2")]
+    perfect = " ".join(text for _, text in PARTS)
+    records = [{"model": "m", "method": method, "system": "whisper_cpu", "audio_id": r.id, "audio_s": 10.0, "wall_s": 1.0,
+                "windows": 1, "fallbacks": fallbacks, "hypothesis": text}
+               for r in recordings for method, text, fallbacks in (("fp32", perfect, 0), ("int8", perfect.replace("dog", "frog"), 1))]
+    rows = {(r["method"], r["audio_id"]): r for r in longform.score(records, recordings)}
+    pooled = rows[("int8", "all")]
+    assert pooled["wer"] == pytest.approx(2 / 30, abs=1e-5) and pooled["fallbacks"] == 2 and pooled["windows"] == 2
+    assert pooled["wer_delta"] == pytest.approx(2 / 30, abs=1e-5) and 0 <= pooled["ci_low"] < pooled["ci_high"] and pooled["substitutions"] == 2
+    assert "wer_delta" not in rows[("fp32", "all")] and rows[("fp32", "r1")]["wer"] == 0
+
+
+def test_a_small_long_form_run_scores_every_method_against_fp32(scratch, mirror):
+    with open(workspace.get().manifest, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["id"] in ("deepspeech_LDC93S1", "deepspeech_new-home-in-the-stars-16k", "whisper_jfk")]
+    manifest = scratch.parent / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    opts = longform.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=manifest)
+    run_id = longform.run(opts, log=lambda *_: None)
+    table = results.read("longform").set_index(["method", "audio_id"])
+    assert set(table.index) == {(m, a) for m in ("fp32", "qint8") for a in ("longform-en-a", "longform-en-b", "all")}
+    fp32 = table.loc[("fp32", "all")]
+    assert 0 <= fp32.wer < 0.3 and fp32.windows >= 2 and fp32.audio_s > 2 * 17
+    qint8 = table.loc[("qint8", "all")]
+    assert qint8.ci_low <= qint8.wer_delta <= qint8.ci_high and qint8.fallbacks >= 0
+    assert set(table.decoding) == {"fallback+cond"}
+    assert len(results.read_jsonl(longform.transcripts_path(run_id))) == 4
+    longform.run(opts, run_id=run_id, log=lambda *_: None)  # resumed: nothing transcribed again
+    assert len(results.read_jsonl(longform.transcripts_path(run_id))) == 4
+    assert isinstance(pd.DataFrame(results.read("longform")), pd.DataFrame)
