@@ -11,7 +11,7 @@ from whisper_cpu import UserError, audio, machine, registry, transcribe
 from whisper_cpu.bench import inputs, tables
 from whisper_cpu.runner import DecodeOptions, Transcript
 
-HERE = machine.cpu_name()
+HERE, ISA = machine.cpu_name(), machine.isa()
 FORMATS = ("txt", "srt", "vtt", "json", "tsv")
 DECODING = DecodeOptions().tag
 
@@ -19,7 +19,7 @@ DECODING = DecodeOptions().tag
 def write_choices(path, rows):
     """rows: (method, threads, seconds per 30 s, faithful[, cpu]) for base."""
     path.write_text(json.dumps({"choices": [
-        {"cpu": r[4] if len(r) > 4 else HERE, "model": "base", "threads": r[1], "method": r[0], "s_per_30s": r[2],
+        {"cpu": r[4] if len(r) > 4 else HERE, "isa": ISA, "model": "base", "threads": r[1], "method": r[0], "s_per_30s": r[2],
          "timing_run": f"t{r[1]}", "faithful": r[3], "why": "short clips: ...; long recordings: ..."} for r in rows]}))
     return path
 
@@ -46,6 +46,13 @@ def test_auto_ignores_another_cpu_and_prefers_the_thread_count_asked_for(tmp_pat
     assert transcribe.choose_method("base", 8, path)[0] == "qint8-logits"  # not measured: the highest count measured
 
 
+def test_auto_tells_cpus_of_one_name_apart_by_their_instruction_sets(tmp_path):
+    path = write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True), ("qint8-logits", 2, 1.0, True)])
+    text = path.read_text().replace(json.dumps(ISA), json.dumps(ISA + " avx512_vnni_other"), 1)
+    path.write_text(text)  # fp32's row now belongs to a CPU of the same name with other instruction sets
+    assert transcribe.choose_method("base", 2, path)[0] == "qint8-logits"
+
+
 def test_auto_uses_the_documented_default_when_nothing_was_measured_here(tmp_path):
     for path in (write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True, "Other CPU")]), tmp_path / "missing.json"):
         name, why = transcribe.choose_method("base", 2, path)
@@ -57,12 +64,12 @@ def test_auto_uses_the_documented_default_when_nothing_was_measured_here(tmp_pat
 
 
 def timing_rows(run_id, walls, decoding=DECODING, cpu=HERE):
-    return [{"run_id": run_id, "cpu": cpu, "model": "base", "method": m, "device": "cpu", "beam_size": 1, "threads": 2, "decoding": decoding,
+    return [{"run_id": run_id, "cpu": cpu, "isa": ISA, "model": "base", "method": m, "device": "cpu", "beam_size": 1, "threads": 2, "decoding": decoding,
              "audio_id": "w", "audio_s": 30.0, "wall_s": w} for m, w in walls.items()]
 
 
 def score_rows(run_id, lows, decoding=DECODING, **extra):
-    return [{"run_id": run_id, "cpu": HERE, "model": "base", "method": m, "language": "en", "beam_size": 1, "decoding": decoding,
+    return [{"run_id": run_id, "cpu": HERE, "isa": ISA, "model": "base", "method": m, "language": "en", "beam_size": 1, "decoding": decoding,
              "wer_delta": lo, "ci_low": lo, "ci_high": lo + 0.02, **extra} for m, lo in lows.items()]
 
 

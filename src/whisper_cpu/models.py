@@ -274,6 +274,11 @@ def dims(name_or_path: str) -> ModelDimensions:
     return ModelDimensions(**checkpoint["dims"])
 
 
+def multilingual(name_or_path: str) -> bool:
+    """Whether a model has the multilingual vocabulary (the .en models have 51864 tokens, the others more)."""
+    return dims(name_or_path).n_vocab >= 51865
+
+
 def load_model(name_or_path: str) -> Whisper:
     """An fp32 openai-whisper model on the CPU, with the right alignment heads."""
     path = checkpoint_path(name_or_path)

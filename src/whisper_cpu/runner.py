@@ -72,6 +72,11 @@ def samples_of(source: Path | np.ndarray) -> np.ndarray:
     return source if isinstance(source, np.ndarray) else audio.load(source)
 
 
+def spoken(runner: "Runner", language: str) -> str:
+    """The language to decode a clip in: its own on a multilingual model, English on an English-only one."""
+    return language if runner.multilingual else "en"
+
+
 class Runner(Protocol):
     multilingual: bool
     weights: list  # the files it loaded, for model size on disk

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 from .. import UserError, machine, models, registry, workspace
-from ..runner import DecodeOptions
+from ..runner import DecodeOptions, spoken
 from . import inputs, results
 
 CHARACTER_LANGUAGES = {"ja", "ko", "zh", "th", "lo", "my", "km"}
@@ -56,10 +56,6 @@ def bootstrap_delta(base_errors, errors_, words, n: int = 10000, seed: int = 0) 
     return float(delta), float(low), float(high)
 
 
-def multilingual(model: str) -> bool:
-    return models.dims(model).n_vocab >= 51865
-
-
 @dataclass(frozen=True)
 class Options:
     models: tuple[str, ...] = ("tiny.en", "base")
@@ -73,7 +69,7 @@ class Options:
 def transcribe_clips(model_name: str, method_name: str, clips: list, opts: Options, threads: int, run_id: str, bar) -> list[dict]:
     """One record per utterance, as the Open ASR Leaderboard keeps them."""
     runner = registry.get(method_name).load(model_name, threads)
-    decoding = lambda clip: replace(opts.decoding, language=clip.language if runner.multilingual else "en")  # noqa: E731
+    decoding = lambda clip: replace(opts.decoding, language=spoken(runner, clip.language))  # noqa: E731
     shortest = min(clips, key=lambda item: item[0].duration_s)
     runner.transcribe(shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
     records = []
@@ -136,7 +132,7 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
     done = {(r["model"], r["method"], r["audio_id"]) for r in results.read_jsonl(transcripts)}
     todo = []
     for model_name in opts.models:
-        clips = [(c, p) for c, p in found if multilingual(model_name) or c.language == "en"]
+        clips = [(c, p) for c, p in found if models.multilingual(model_name) or c.language == "en"]
         if len(clips) < len(found):
             log(f"note: {model_name} is English-only; {len(found) - len(clips)} non-English clips skipped for it")
         for method_name in dict.fromkeys(("fp32", *opts.methods)):

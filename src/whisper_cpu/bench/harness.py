@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from .. import UserError, machine, models, registry, workspace
-from ..runner import DecodeOptions
+from ..audio import load
+from ..runner import DecodeOptions, spoken
 from . import inputs, peak, results
 
 CONTENDED = 0.10  # share of the machine's CPU time used by others above which a repeat is rerun
@@ -97,10 +98,6 @@ def _done(run_id: str, decoding: str) -> dict[tuple, int]:
     return rows.groupby(["model", "method", "audio_id", "threads", "beam_size"]).size().to_dict()
 
 
-def language_for(runner, clip_language: str) -> str:
-    return clip_language if runner.multilingual else "en"
-
-
 def window_gflop(model: str, window_tokens: int, beam: int) -> tuple[float, float]:
     """The matrix-product work of the encoder and of the decoder on one window, recorded with each row."""
     dims = models.dims(model)
@@ -127,7 +124,7 @@ def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
         log(f"note: no real speech here; timing the synthesized clip {clip.id} instead")
     beam = opts.decoding.beam_size or 1
     done = _done(run_id, opts.decoding.tag)
-    samples = inputs.load(clip.path)
+    samples = load(clip.path)
     bar = tqdm(total=len(pairs) * opts.repeats, desc=f"bench {run_id}", unit="run")
     for model_name, method_name in pairs:
         entry = registry.get(method_name)
@@ -139,7 +136,7 @@ def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
         start = time.perf_counter()
         runner = entry.load(model_name, opts.threads)
         load_s = time.perf_counter() - start
-        decoding = replace(opts.decoding, language=language_for(runner, clip.language))
+        decoding = replace(opts.decoding, language=spoken(runner, clip.language))
         if opts.warmup:
             runner.transcribe(clip.path, decoding)
         for repeat in range(finished, opts.repeats):
@@ -177,7 +174,7 @@ def memory_probe(model_name: str, method_name: str, threads: int, path: Path, la
     start = _status_mb("VmRSS")
     runner = registry.get(method_name).load(model_name, threads)
     loaded = _status_mb("VmRSS")
-    runner.transcribe(path, DecodeOptions(language=language_for(runner, language)))
+    runner.transcribe(path, DecodeOptions(language=spoken(runner, language)))
     return {
         "rss_start_mb": round(start, 1), "model_rss_mb": round(loaded - start, 1),
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec

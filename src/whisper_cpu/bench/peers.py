@@ -84,7 +84,7 @@ class WhisperCppRunner:
 
         self.path, self.threads = ggml.model_file(name, ftype), threads
         self.weights = [self.path]
-        self.multilingual = models.dims(name).n_vocab >= 51865
+        self.multilingual = models.multilingual(name)
         self._models: dict[DecodeOptions, object] = {}
 
     def _model(self, options: DecodeOptions):

@@ -257,9 +257,9 @@ def faithful(method: str, *ci_lows: float) -> bool:
     return method == "fp32" or all(pd.notna(low) and low <= 0 for low in ci_lows)
 
 
-def _gate(rows: pd.DataFrame, cpu: str, model: str, method: str) -> tuple[float, str]:
+def _gate(rows: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> tuple[float, str]:
     """(CI low end, description) of the newest score of a method on this CPU, or (nan, 'not measured')."""
-    mine = rows[(rows.cpu == cpu) & (rows.model == model) & (rows.method == method)] if len(rows) else rows
+    mine = rows[(rows.cpu == cpu) & (rows.isa.fillna("") == isa) & (rows.model == model) & (rows.method == method)] if len(rows) else rows
     if not len(mine):
         return float("nan"), "not measured"
     last = mine.iloc[-1]
@@ -269,20 +269,22 @@ def _gate(rows: pd.DataFrame, cpu: str, model: str, method: str) -> tuple[float,
 
 
 def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFrame, decoding: str) -> list[dict]:
-    """What `--method auto` chooses from: per CPU, model, thread count and method, the freshest greedy timing on
-    one window with the transcriber's decoding, and both accuracy gates (short clips, long recordings pooled)
-    from the newest scoring on the same CPU."""
+    """What `--method auto` chooses from: per CPU (model name and instruction sets: int8 kernels differ between
+    AVX2 and AVX-512 VNNI, and virtual machines often show only "AMD EPYC"), Whisper model, thread count and
+    method, the freshest greedy timing on one window with the transcriber's decoding, and both accuracy gates
+    (short clips, long recordings pooled) from the newest scoring on the same CPU."""
     rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding) & (timings.audio_s <= 30)]
+    rows = rows.assign(isa=rows.isa.fillna("")) if "isa" in rows else rows.assign(isa="")
     short = accuracy[(accuracy.language == "en") & (accuracy.beam_size == 1) & (accuracy.decoding == decoding)] if len(accuracy) else accuracy
     long = longform[(longform.audio_id == "all") & (longform.beam_size == 1) & (longform.decoding == decoding)] if len(longform) else longform
     found = []
-    for (cpu, model, threads, method), group in rows.groupby(["cpu", "model", "threads", "method"], sort=False):
+    for (cpu, isa, model, threads, method), group in rows.groupby(["cpu", "isa", "model", "threads", "method"], sort=False):
         if method not in registry.REGISTRY or not registry.REGISTRY[method].ours:
             continue
         newest = group[group.run_id == group.run_id.iloc[-1]]
-        short_low, short_why = _gate(short, cpu, model, method)
-        long_low, long_why = _gate(long, cpu, model, method)
-        found.append({"cpu": cpu, "model": model, "threads": int(threads), "method": method,
+        short_low, short_why = _gate(short, cpu, isa, model, method)
+        long_low, long_why = _gate(long, cpu, isa, model, method)
+        found.append({"cpu": cpu, "isa": isa, "model": model, "threads": int(threads), "method": method,
                       "s_per_30s": round(float((newest.wall_s * 30 / newest.audio_s).median()), 3), "timing_run": newest.run_id.iloc[0],
                       "faithful": faithful(method, short_low, long_low),
                       "why": f"short clips: {short_why}; long recordings: {long_why}"})
