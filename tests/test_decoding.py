@@ -98,9 +98,9 @@ def test_flop_counts_match_pytorchs_counter(tiny, fast_tiny):
 
 def test_peak_is_measured_once_per_run(scratch, monkeypatch):
     monkeypatch.setattr(peak, "SIZE", 256)
-    rows = peak.measure("r1", 1, kinds=("fp32", "int8"))
-    assert [r["arithmetic"] for r in rows] == ["fp32", "int8"] and all(r["gflops"] > 0.1 for r in rows)
-    assert peak.measure("r1", 1) == [] and len(results.read("peak")) == 2
+    rows = peak.measure("r1", 1, kernels=("fp32", "torch._int_mm", "fbgemm"))
+    assert [r["arithmetic"] for r in rows] == ["fp32", "int8", "int8"] and all(r["gflops"] > 0.1 for r in rows)
+    assert peak.measure("r1", 1, kernels=("fp32", "fbgemm")) == [] and len(results.read("peak")) == 3
 
 
 def test_per_channel_recipes_give_every_weight_row_its_own_scale(tiny):
@@ -111,3 +111,31 @@ def test_per_channel_recipes_give_every_weight_row_its_own_scale(tiny):
     decoder_only = registry.get("fast-qint8-dec").prepare(copy.deepcopy(tiny))
     assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in decoder_only.encoder.modules())
     assert all(isinstance(l.qkv, torch.ao.nn.quantized.dynamic.Linear) for l in decoder_only.decoder.layers)
+
+
+def test_int8_paths_are_timed_once_per_run_and_agree_with_fp32(scratch, monkeypatch):
+    monkeypatch.setattr(peak, "KERNEL_SHAPES", ((1, 64, 96), (32, 64, 96)))
+    products = peak._int8_paths(4, 64, 96)
+    fp32 = products.pop("fp32")()
+    for path, product in products.items():
+        assert torch.allclose(product(), fp32, atol=0.05 * fp32.abs().max().item()), path
+    rows = peak.kernels("r1", 1, repeats=2)
+    assert {r["path"] for r in rows} == {"fp32", "fbgemm dynamic int8", "fbgemm dynamic int8 per-channel", "torch._int_mm", "_weight_int8pack_mm"}
+    assert peak.kernels("r1", 1) == [] and len(results.read("kernels")) == len(rows) == 10
+    from whisper_cpu.bench import tables
+    assert tables.kernels_table(results.read("kernels")).shape == (2, 5)
+
+
+def test_fast_decoder_creates_every_tensor_on_its_inputs_device(tiny):
+    """On the `meta` device any tensor made on the CPU meets a meta tensor and raises: a GPU's mix-ups, caught here."""
+    model = decoding.fast(copy.deepcopy(tiny)).to("meta")
+    tokenizer = get_tokenizer(False)
+    cache = decoding.Cache(model.decoder, torch.empty(2, 1500, 384, device="meta"), 2)
+    tokens = torch.tensor([[50257, 50362, 50362]] * 2).to("meta")
+    model.decoder.step(tokens, cache, [-1])  # the first pass: several tokens, the causal mask
+    logits = model.decoder.step(tokens[:, -1:], cache, [-1])[:, -1]
+    cache.reorder([1, 0])
+    history = torch.tensor([[50257, 50362, 50362, tokenizer.timestamp_begin, 440]] * 2).to("meta")
+    decoding.TimestampRules(tokenizer, 3, 50).apply(logits, history)
+    decoding.MaskTokens([220, 50256]).apply(logits, history)
+    assert logits.device.type == "meta" and logits.shape == (2, tiny.dims.n_vocab)

@@ -60,3 +60,11 @@ def test_a_small_long_form_run_scores_every_method_against_fp32(scratch, mirror)
     longform.run(opts, run_id=run_id, log=lambda *_: None)  # resumed: nothing transcribed again
     assert len(results.read_jsonl(longform.transcripts_path(run_id))) == 4
     assert isinstance(pd.DataFrame(results.read("longform")), pd.DataFrame)
+
+
+def test_pooled_loops_are_the_recordings_own_not_errors_that_recur_across_them():
+    recordings = [inputs.Input(name, None, 10.0, "en", "", parts=PARTS) for name in ("r1", "r2")]
+    consistent = " ".join(text for _, text in PARTS).replace("a dog ran far away", "a frog ran far off")  # the same error twice
+    records = [{"model": "m", "method": "fp32", "system": "whisper_cpu", "audio_id": r.id, "audio_s": 10.0, "wall_s": 1.0,
+                "windows": 1, "fallbacks": 0, "hypothesis": consistent} for r in recordings]
+    assert {r["audio_id"]: r["repeated_ngrams"] for r in longform.score(records, recordings)} == {"r1": 0, "r2": 0, "all": 0}

@@ -137,3 +137,8 @@ def test_peak_share_uses_the_peak_of_each_methods_number_format(csvs):
     assert fp32.encoder_pct_peak == pytest.approx(100 * fp32.encoder_gflops / 100, abs=0.1)
     assert qint8.encoder_pct_peak == pytest.approx(100 * qint8.encoder_gflops / 400, abs=0.1)
     assert fp32.encoder_gflops == pytest.approx(36.94 / 0.5, rel=1e-3)  # tiny's 36.94 GFLOP encoder in 0.5 s
+
+
+def test_tables_of_a_beam_width_the_run_lacks_are_empty_not_errors(csvs):
+    timings, accuracy = csvs
+    assert tables.fastest_at_equal_accuracy(timings, accuracy, beam=5).empty

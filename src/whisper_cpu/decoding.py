@@ -29,16 +29,16 @@ from whisper.model import TextDecoder, Whisper
 def _fused(*linears: nn.Module) -> nn.Linear:
     """One nn.Linear computing several of whisper's Linears side by side (a missing bias counts as zero)."""
     weight = torch.cat([l.weight.detach() for l in linears])
-    fused = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         fused.weight.copy_(weight)
-        fused.bias.copy_(torch.cat([l.bias.detach() if l.bias is not None else torch.zeros(l.out_features) for l in linears]))
+        fused.bias.copy_(torch.cat([l.bias.detach() if l.bias is not None else weight.new_zeros(l.out_features) for l in linears]))
     return fused.requires_grad_(False)
 
 
 def _norm(ln: nn.LayerNorm) -> nn.LayerNorm:
     """A plain nn.LayerNorm: whisper's subclass casts to float and back on every call."""
-    norm = nn.LayerNorm(ln.normalized_shape, eps=ln.eps)
+    norm = nn.LayerNorm(ln.normalized_shape, eps=ln.eps, device=ln.weight.device)
     norm.load_state_dict(ln.state_dict())
     return norm.requires_grad_(False)
 
@@ -55,7 +55,7 @@ def _attend(q: Tensor, keys_t: Tensor, values: Tensor, causal: bool = False) -> 
     """
     weights = q @ keys_t
     if causal:
-        weights = weights + torch.full(weights.shape[-2:], -np.inf).triu_(1)
+        weights = weights + torch.full(weights.shape[-2:], -np.inf, device=weights.device).triu_(1)
     a = weights.softmax(dim=-1) @ values
     return a.transpose(1, 2).flatten(2)
 
@@ -164,7 +164,7 @@ class MaskTokens(SuppressTokens):
         self.index = torch.tensor(self.suppress_tokens, dtype=torch.long)
 
     def apply(self, logits: Tensor, tokens: Tensor) -> None:
-        logits.index_fill_(1, self.index, -np.inf)
+        logits.index_fill_(1, self.index.to(logits.device), -np.inf)
 
 
 class TimestampRules(ApplyTimestampRules):
@@ -183,9 +183,9 @@ class TimestampRules(ApplyTimestampRules):
             closing = last & ~penultimate  # a timestamp just opened a pair: the next one must close it
             stamps.masked_fill_((last & penultimate)[:, None], -np.inf)
             logits[:, :eot].masked_fill_(closing[:, None], -np.inf)
-            where = torch.where(stamp, torch.arange(sampled.shape[1]), -1).amax(dim=1)
+            where = torch.where(stamp, torch.arange(sampled.shape[1], device=tokens.device), -1).amax(dim=1)
             floor = sampled.gather(1, where.clamp(min=0)[:, None]) + (~closing).long()[:, None]
-            stamps.masked_fill_((where >= 0)[:, None] & (torch.arange(begin, logits.shape[-1]) < floor), -np.inf)
+            stamps.masked_fill_((where >= 0)[:, None] & (torch.arange(begin, logits.shape[-1], device=logits.device) < floor), -np.inf)
         else:
             text.fill_(-np.inf)
             if self.max_initial_timestamp_index is not None:

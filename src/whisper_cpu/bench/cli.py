@@ -9,7 +9,7 @@ import pandas as pd
 from .. import models, registry
 from ..cli import threads
 from ..runner import DecodeOptions
-from . import accuracy, figures, harness, inputs, longform, publish, results, tables
+from . import accuracy, figures, harness, inputs, longform, peak, publish, results, tables
 
 METHODS_HELP = "default: the original experiment's ({}); any of: {}"
 
@@ -106,6 +106,16 @@ def cmd_report(args) -> None:
             print(f"executed: {notebook}")
 
 
+def cmd_peak(args) -> None:
+    harness.check_resume(args.resume)
+    run_id = args.resume or results.new_run_id()
+    threads = args.threads or harness.machine.default_threads()
+    peak.measure(run_id, threads)
+    peak.kernels(run_id, threads)
+    print(f"run {run_id}: peak matrix-product throughput per number format, and the int8 paths at Whisper's shapes")
+    print(tables.kernels_table(results.read("kernels"), run_id).to_string())
+
+
 def cmd_memory_probe(args) -> None:
     print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language)))
 
@@ -159,6 +169,11 @@ def add_commands(sub) -> None:
     r = sub.add_parser("report", help="figures, the README results section, executed notebooks and auto's choices, from the rows")
     r.add_argument("--no-notebooks", action="store_true")
     r.set_defaults(func=cmd_report)
+
+    k = sub.add_parser("peak", help="this CPU's peak matrix-product throughput, and each int8 path at Whisper's shapes")
+    k.add_argument("--threads", type=threads, default=None, help="default: all available cores")
+    k.add_argument("--resume", metavar="RUN_ID", help="add the rows to an existing run")
+    k.set_defaults(func=cmd_peak)
 
     a = sub.add_parser("audio", help="verify the real-speech clips and build the benchmark inputs")
     a.add_argument("action", choices=["prepare", "seed"])

@@ -181,12 +181,12 @@ def plot_longform(longform: pd.DataFrame):
     markers = {m: MODEL_STYLES[i % len(MODEL_STYLES)] for i, m in enumerate(table.model.unique())}
     for r in table.itertuples():
         ax.scatter(r.wall_s, r.wer_pct, marker=markers[r.model], color=colour(r.system), s=40, zorder=3)
-        ax.annotate(f"{r.model} {r.method}" + (f" ({r.fallbacks} fallbacks)" if r.fallbacks else ""), (r.wall_s, r.wer_pct),
-                    textcoords="offset points", xytext=(4, 4), fontsize=6)
+    for (x, y, _), label in _labels(table.rename(columns={"wall_s": "s_per_30s"})).items():
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
     ax.set_xlabel(f"seconds to transcribe {table.audio_s.iloc[0]:.0f} s of long recordings (whole files, as users do)")
     ax.set_ylabel("WER, % (lower is better)")
     rows = longform[longform.run_id == table.run_id.iloc[0]]
-    ax.set_title(f"Long recordings: speed vs accuracy, temperature fallback on (run {table.run_id.iloc[0]})\n{machine_label(rows)}", fontsize=9)
+    ax.set_title(f"Long recordings, transcribed as users do (fallback, conditioning): run {table.run_id.iloc[0]}\n{machine_label(rows)}", fontsize=9)
     return fig
 
 

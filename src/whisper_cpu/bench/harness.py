@@ -213,6 +213,7 @@ def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
     run_id = run_id or results.new_run_id()
     try:
         peak.measure(run_id, opts.threads)  # first, while nothing of ours is loaded
+        peak.kernels(run_id, opts.threads)
         window = inputs.window()
         beams = list(dict.fromkeys([opts.decoding.beam_size, BEAM]))
         for beam in beams:

@@ -124,7 +124,6 @@ def score(records: list[dict], recordings: list[inputs.Input]) -> list[dict]:
                 continue
             errors, words = (np.concatenate([by_recording[i][k] for i in ids]) for k in (0, 1))
             records_ = [by_recording[i][3] for i in ids]
-            reference = " ".join(ref for i in ids for _, ref in parts[i])
             row = {
                 "model": model, "method": method, "system": records_[0]["system"], "audio_id": audio_id,
                 "audio_s": round(sum(r["audio_s"] for r in records_), 3), "wall_s": round(sum(r["wall_s"] for r in records_), 3),
@@ -132,7 +131,8 @@ def score(records: list[dict], recordings: list[inputs.Input]) -> list[dict]:
                 **{k: sum(by_recording[i][2][k] for i in ids) for k in ("deletions", "insertions", "substitutions")},
                 "fallbacks": None if any(r["fallbacks"] is None for r in records_) else sum(r["fallbacks"] for r in records_),
                 "windows": sum(r["windows"] for r in records_),
-                "repeated_ngrams": repeated_ngrams(reference, " ".join(r["hypothesis"] for r in records_)),
+                # per recording, then summed: the same clips recur across recordings, their n-grams with them
+                "repeated_ngrams": sum(repeated_ngrams(" ".join(ref for _, ref in parts[r["audio_id"]]), r["hypothesis"]) for r in records_),
             }
             if method != "fp32" and all(i in base for i in ids):
                 base_errors = np.concatenate([base[i][0] for i in ids])

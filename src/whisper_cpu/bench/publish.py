@@ -73,6 +73,12 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             "\nShare of this CPU's measured peak (2048^3 matrix product per number format, same run): encoder and "
             "decoder on the window, greedy, matrix-product FLOPs only:\n\n" + shares.astype(object).fillna("").to_markdown(index=False) + "\n"
         )
+    kernels = tables.kernels_table(tables.load("kernels"))
+    if len(kernels):
+        markdown += (
+            f"\nint8 paths at Whisper's shapes (base), median ms per product, run `{tables.load('kernels').run_id.iloc[-1]}`: "
+            "torch.ao's dynamic Linear (fbgemm, deprecated) against the paths meant to survive it:\n\n" + kernels.to_markdown() + "\n"
+        )
     gate = longform_table(longform) if longform is not None else pd.DataFrame()
     if len(gate):
         markdown += (

@@ -21,7 +21,7 @@ import torch
 
 from .. import machine, workspace
 
-TABLES = ("timings", "accuracy", "longform", "memory", "peak")
+TABLES = ("timings", "accuracy", "longform", "memory", "peak", "kernels")
 
 
 def environment(threads: int) -> dict:

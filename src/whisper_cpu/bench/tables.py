@@ -195,7 +195,7 @@ def speed_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | 
 def fastest_at_equal_accuracy(timings: pd.DataFrame, accuracy: pd.DataFrame, run_id: str | None = None, beam: int = 1) -> pd.DataFrame:
     """Per model and system, the fastest configuration not measurably less accurate than fp32 (CI reaches 0)."""
     points = speed_accuracy(timings, accuracy, run_id, beam=beam)
-    equal = points[[faithful(m, low) for m, low in zip(points.method, points.ci_low)]]
+    equal = points[pd.Series([faithful(m, low) for m, low in zip(points.method, points.ci_low)], index=points.index, dtype=bool)]
     best = equal.loc[equal.groupby(["model", "system"]).s_per_30s.idxmin()].sort_values(["model", "s_per_30s"])
     best["delta_ci"] = [_delta_ci(d, lo, hi) for d, lo, hi in zip(best.wer_delta, best.ci_low, best.ci_high)]
     return best[["model", "system", "method", "s_per_30s", "x_realtime", "speedup_vs_fp32", "wer_pct", "delta_ci"]]
@@ -238,7 +238,7 @@ def peak_share(timings: pd.DataFrame, peak_rows: pd.DataFrame, run_id: str | Non
                                                              decoder_gflop=("decoder_gflop", "median"))
     table = summary(run).set_index(["model", "method"]).join(flops).reset_index()
     peaks = peak_rows[(peak_rows.run_id == run_id)] if len(peak_rows) else peak_rows
-    peaks = peaks[peaks.threads == peaks.threads.max()].set_index("arithmetic").gflops if len(peaks) else pd.Series(dtype=float)
+    peaks = peaks[peaks.threads == peaks.threads.max()].groupby("arithmetic").gflops.max() if len(peaks) else pd.Series(dtype=float)
     top = table.arithmetic.map(peaks.to_dict()).astype(float)
     enc, dec = table.encoder_gflop / table.encoder_s, table.decoder_gflop / table.decoder_s
     return pd.DataFrame({"model": table.model, "method": table.method, "arithmetic": table.arithmetic, "peak_gflops": top,
@@ -289,6 +289,15 @@ def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFram
                       "faithful": faithful(method, short_low, long_low),
                       "why": f"short clips: {short_why}; long recordings: {long_why}"})
     return found
+
+
+def kernels_table(kernels: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """Milliseconds per product, one row per shape, one column per int8 path (blank: the path failed)."""
+    if not len(kernels):
+        return pd.DataFrame()
+    run_id = run_id or kernels.run_id.iloc[-1]
+    rows = kernels[kernels.run_id == run_id].assign(shape=lambda t: [f"{m} x {k} @ {k} x {n}" for m, k, n in zip(t.m, t.k, t.n)])
+    return rows.pivot_table(index="shape", columns="path", values="ms", sort=False).round(3)
 
 
 def longform_table(longform: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
