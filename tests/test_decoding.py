@@ -116,9 +116,10 @@ def test_per_channel_recipes_give_every_weight_row_its_own_scale(tiny):
 def test_int8_paths_are_timed_once_per_run_and_agree_with_fp32(scratch, monkeypatch):
     monkeypatch.setattr(peak, "KERNEL_SHAPES", ((1, 64, 96), (32, 64, 96)))
     products = peak._int8_paths(4, 64, 96)
-    fp32 = products.pop("fp32")()
-    for path, product in products.items():
-        assert torch.allclose(product(), fp32, atol=0.05 * fp32.abs().max().item()), path
+    with torch.inference_mode():
+        fp32 = products.pop("fp32")()
+        for path, product in products.items():
+            assert torch.allclose(product(), fp32, atol=0.05 * fp32.abs().max().item()), path
     rows = peak.kernels("r1", 1, repeats=2)
     assert {r["path"] for r in rows} == {"fp32", "fbgemm dynamic int8", "fbgemm dynamic int8 per-channel", "torch._int_mm", "_weight_int8pack_mm"}
     assert peak.kernels("r1", 1) == [] and len(results.read("kernels")) == len(rows) == 10
@@ -130,12 +131,13 @@ def test_fast_decoder_creates_every_tensor_on_its_inputs_device(tiny):
     """On the `meta` device any tensor made on the CPU meets a meta tensor and raises: a GPU's mix-ups, caught here."""
     model = decoding.fast(copy.deepcopy(tiny)).to("meta")
     tokenizer = get_tokenizer(False)
-    cache = decoding.Cache(model.decoder, torch.empty(2, 1500, 384, device="meta"), 2)
-    tokens = torch.tensor([[50257, 50362, 50362]] * 2).to("meta")
-    model.decoder.step(tokens, cache, [-1])  # the first pass: several tokens, the causal mask
-    logits = model.decoder.step(tokens[:, -1:], cache, [-1])[:, -1]
-    cache.reorder([1, 0])
-    history = torch.tensor([[50257, 50362, 50362, tokenizer.timestamp_begin, 440]] * 2).to("meta")
-    decoding.TimestampRules(tokenizer, 3, 50).apply(logits, history)
-    decoding.MaskTokens([220, 50256]).apply(logits, history)
+    with torch.inference_mode():  # as decode runs it
+        cache = decoding.Cache(model.decoder, torch.empty(2, 1500, 384, device="meta"), 2)
+        tokens = torch.tensor([[50257, 50362, 50362]] * 2).to("meta")
+        model.decoder.step(tokens, cache, [-1])  # the first pass: several tokens, the causal mask
+        logits = model.decoder.step(tokens[:, -1:], cache, [-1])[:, -1]
+        cache.reorder([1, 0])
+        history = torch.tensor([[50257, 50362, 50362, tokenizer.timestamp_begin, 440]] * 2).to("meta")
+        decoding.TimestampRules(tokenizer, 3, 50).apply(logits, history)
+        decoding.MaskTokens([220, 50256]).apply(logits, history)
     assert logits.device.type == "meta" and logits.shape == (2, tiny.dims.n_vocab)

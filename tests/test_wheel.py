@@ -1,6 +1,7 @@
 """The library works as an installed wheel, from another folder, with no source checkout in sight."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,11 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def test_an_installed_wheel_transcribes_from_another_folder(tmp_path, clips, mirror):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(CHECKOUT)],
+    project = tmp_path / "project"  # a copy: building in the checkout would leave build/ behind in it
+    shutil.copytree(CHECKOUT / "src", project / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(CHECKOUT / name, project / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(project)],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("whisper_cpu-*.whl")

@@ -115,7 +115,7 @@ def _int8_paths(m: int, k: int, n: int) -> dict:
               for name, qconfig in (("fbgemm dynamic int8", torch.ao.quantization.default_dynamic_qconfig),
                                     ("fbgemm dynamic int8 per-channel", torch.ao.quantization.per_channel_dynamic_qconfig))}
     return {"fp32": lambda: linear(x), **{name: (lambda module=module: module(x)) for name, module in ao.items()},
-            "torch._int_mm": int_mm, "_weight_int8pack_mm": lambda: torch.ops.aten._weight_int8pack_mm(x, q, scale)}
+            "torch._int_mm": int_mm, "_weight_int8pack_mm": lambda: torch.ops.aten._weight_int8pack_mm(x, q, scale) + linear.bias}
 
 
 KERNEL_SHAPES = ((1, 512, 1536), (1, 512, 51865), (1500, 512, 2048))  # base: fused q/k/v and the vocabulary for one token; an encoder MLP

@@ -1,4 +1,0 @@
-"""The benchmark: timing harness, accuracy gates, peers, peak, result rows and the report. It imports the
-library; the library never imports it. Importing it registers the peers beside our methods."""
-
-from . import peers  # noqa: F401  (registers faster-whisper and whisper.cpp)
