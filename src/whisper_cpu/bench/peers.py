@@ -93,14 +93,16 @@ class WhisperCppRunner:
         if key not in self._models:
             from pywhispercpp.model import Model
 
-            search = {"params_sampling_strategy": 1, "beam_search": {"beam_size": options.beam_size, "patience": -1.0}} if options.beam_size else {}
+            search = ({"params_sampling_strategy": 1, "beam_search": {"beam_size": options.beam_size, "patience": -1.0}} if options.beam_size
+                      else {"greedy": {"best_of": options.best_of or 1}})  # its own default samples 5 at each fallback; ours 1
+            prompt = {"initial_prompt": options.initial_prompt} if options.initial_prompt else {}  # None is refused
             steps = np.diff(options.temperature)
             self._models[key] = Model(
                 str(self.path), n_threads=self.threads, temperature=options.temperature[0],
                 temperature_inc=float(steps[0]) if len(steps) else 0.0, no_context=not options.condition_on_previous_text,
                 logprob_thold=options.logprob_threshold if options.logprob_threshold is not None else -np.inf,
                 no_speech_thold=options.no_speech_threshold if options.no_speech_threshold is not None else 1.0,
-                initial_prompt=options.initial_prompt, print_progress=False, print_realtime=False, redirect_whispercpp_logs_to=None, **search)
+                print_progress=False, print_realtime=False, redirect_whispercpp_logs_to=None, **search, **prompt)
         return self._models[key]
 
     def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
