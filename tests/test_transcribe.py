@@ -20,7 +20,7 @@ def write_choices(path, rows):
     """rows: (method, threads, seconds per 30 s, faithful[, cpu]) for base."""
     path.write_text(json.dumps({"choices": [
         {"cpu": r[4] if len(r) > 4 else HERE, "isa": ISA, "model": "base", "threads": r[1], "method": r[0], "s_per_30s": r[2],
-         "timing_run": f"t{r[1]}", "faithful": r[3], "why": "short clips: ...; long recordings: ..."} for r in rows]}))
+         "timing_run": f"t{r[1]}", "faithful": r[3], "gated": r[0] != "fp32", "why": "short clips: ...; long recordings: ..."} for r in rows]}))
     return path
 
 
@@ -54,7 +54,9 @@ def test_auto_tells_cpus_of_one_name_apart_by_their_instruction_sets(tmp_path):
 
 
 def test_auto_uses_the_documented_default_when_nothing_was_measured_here(tmp_path):
-    for path in (write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True, "Other CPU")]), tmp_path / "missing.json"):
+    only_timed = write_choices(tmp_path / "timed.json", [("fp32", 2, 3.0, True), ("qint8", 2, 1.0, False)])
+    only_timed.write_text(only_timed.read_text().replace('"gated": true', '"gated": false'))  # `make bench` times, scores nothing
+    for path in (write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True, "Other CPU")]), tmp_path / "missing.json", only_timed):
         name, why = transcribe.choose_method("base", 2, path)
         assert name == registry.DEFAULT and "documented default" in why
     registry.ours(name)  # the default is one of ours and runs here
@@ -83,7 +85,7 @@ def test_choices_need_both_gates_and_take_each_methods_freshest_timing():
     assert found["fast-qint8"]["s_per_30s"] == 1.2 and found["fast-qint8"]["timing_run"] == "new"  # freshest, not fastest
     assert not found["fast-qint8"]["faithful"] and "run l1" in found["fast-qint8"]["why"]  # its long-form CI lies above zero
     assert found["qint8"]["faithful"] and found["qint8"]["s_per_30s"] == 1.0  # the t0 row is not what users run
-    assert found["fp32"]["faithful"]
+    assert found["fp32"]["faithful"] and found["qint8"]["gated"] and not found["fp32"]["gated"]
     no_long = {c["method"]: c for c in tables.choices(timings, short, long.iloc[:0], DECODING)}
     assert not no_long["qint8"]["faithful"] and "not measured" in no_long["qint8"]["why"]
 

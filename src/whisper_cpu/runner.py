@@ -7,7 +7,7 @@ fallback, conditioning on the previous window's text, no-speech skipping.
 """
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -52,7 +52,6 @@ class Transcript:
     segments: list[dict]
     language: str
     fallbacks: int | None = None  # windows re-decoded above temperature 0 (None: the system does not say)
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens(self) -> int:

@@ -56,9 +56,11 @@ def choose_method(model: str, threads: int, path: Path | None = None) -> tuple[s
     rows = [c for c in _read_choices(path or workspace.get().choices) if (c["cpu"], c["isa"], c["model"]) == (cpu, isa, model)]
     if rows:
         at = threads if any(c["threads"] == threads for c in rows) else max(c["threads"] for c in rows)
-        rows = [c for c in rows if c["threads"] == at and c["faithful"] and _runnable(c["method"])]
-    if not rows:
-        return registry.DEFAULT, f"no faithful measurement of {model} on this CPU ({cpu}, {isa or 'no listed ISA flags'}); documented default"
+        rows = [c for c in rows if c["threads"] == at]
+    if not any(c.get("gated") for c in rows):  # fp32 alone is faithful by definition, not by measurement: no choice was made here
+        return registry.DEFAULT, (f"none of our faster methods was scored by both accuracy gates for {model} on this CPU ({cpu}, "
+                                  f"{isa or 'no listed ISA flags'}); documented default")
+    rows = [c for c in rows if c["faithful"] and _runnable(c["method"])]
     best = min(rows, key=lambda c: c["s_per_30s"])
     return best["method"], (f"the fastest of our methods measured on {cpu} for {model} that keeps fp32's words: "
                             f"{best['s_per_30s']:.2f} s per 30 s on {best['threads']} thread{'s' if best['threads'] > 1 else ''} "

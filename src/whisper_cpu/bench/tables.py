@@ -286,7 +286,7 @@ def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFram
         long_low, long_why = _gate(long, cpu, isa, model, method)
         found.append({"cpu": cpu, "isa": isa, "model": model, "threads": int(threads), "method": method,
                       "s_per_30s": round(float((newest.wall_s * 30 / newest.audio_s).median()), 3), "timing_run": newest.run_id.iloc[0],
-                      "faithful": faithful(method, short_low, long_low),
+                      "faithful": faithful(method, short_low, long_low), "gated": bool(pd.notna(short_low) and pd.notna(long_low)),
                       "why": f"short clips: {short_why}; long recordings: {long_why}"})
     return found
 
