@@ -16,6 +16,7 @@ def cli(*args, cwd=None):
         (["bench", "--audio", "no-such-file.wav"], "audio file not found"),
         (["compare"], "no timings under"),
         (["bench", "--resume", "typo-123"], "no run 'typo-123'"),
+        (["longform", "--models", "tiny.en", "--manifest", "no-such.csv"], "manifest not found"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(args, message, tmp_path):

@@ -80,7 +80,7 @@ def cmd_accuracy(args) -> None:
 
 def cmd_longform(args) -> None:
     opts = longform.Options(models=tuple(args.models), methods=tuple(args.methods or registry.tagged(registry.LONGFORM)),
-                            decoding=_decoding(args), threads=args.threads or 0)
+                            decoding=_decoding(args), threads=args.threads or 0, manifest=args.manifest)
     _check((*opts.methods, "fp32"), opts.models, args.resume)
     run_id = longform.run(opts, run_id=args.resume)
     print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
@@ -160,6 +160,7 @@ def add_commands(sub) -> None:
 
     g = sub.add_parser("longform", help="the long-form gate: long recordings transcribed end to end, WER change vs fp32 with CIs")
     _run_flags(g, registry.LONGFORM)
+    g.add_argument("--manifest", type=Path, default=None, help="recordings joined from this manifest's English clips (default: the dev clips)")
     g.set_defaults(func=cmd_longform)
 
     c = sub.add_parser("compare", help="our speedups beside the published ones")
