@@ -141,3 +141,20 @@ def test_fast_decoder_creates_every_tensor_on_its_inputs_device(tiny):
         decoding.TimestampRules(tokenizer, 3, 50).apply(logits, history)
         decoding.MaskTokens([220, 50256]).apply(logits, history)
     assert logits.device.type == "meta" and logits.shape == (2, tiny.dims.n_vocab)
+
+
+@pytest.mark.parametrize("name", ["fast-fp32", "fast-qint8-pc"])
+def test_fast_methods_pass_openai_whispers_word_timestamp_test(name, tiny, clips, mirror):
+    """openai-whisper's tests/test_transcribe.py on the same jfk clip, through the fast decoder."""
+    model = registry.get(name).prepare(copy.deepcopy(tiny))
+    samples = audio.load(inputs.locate(clips["whisper_jfk"]))
+    result = model.transcribe(samples, language="en", temperature=0.0, word_timestamps=True, fp16=False)
+    assert "ask not what your country can do for you" in result["text"].lower()
+    words = [w for s in result["segments"] for w in s["words"]]
+    assert all(w["start"] < w["end"] for w in words)
+    americans = [w for w in words if w["word"].strip(" ,") == "Americans"]
+    assert americans and americans[0]["start"] <= 1.8 <= americans[0]["end"]
+    if name == "fast-fp32":  # the same weights: openai-whisper's own word timings
+        expected = [w for s in tiny.transcribe(samples, language="en", temperature=0.0, word_timestamps=True, fp16=False)["segments"] for w in s["words"]]
+        assert [w["word"] for w in words] == [w["word"] for w in expected]
+        assert max(abs(a[k] - b[k]) for a, b in zip(words, expected) for k in ("start", "end")) <= 0.02

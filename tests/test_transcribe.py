@@ -153,3 +153,13 @@ def test_methods_we_do_not_run_are_one_line(method, message, tmp_path):
     done = cli("whatever.wav", "--model", "tiny.en", "--method", method, "--output-dir", str(tmp_path))
     assert done.returncode == 2 and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_word_timestamps_from_the_command_line_on_the_default_method(tmp_path, clips, mirror):
+    clip = inputs.locate(clips["whisper_jfk"])
+    done = cli(str(clip), "--model", "tiny.en", "--method", registry.DEFAULT, "--word-timestamps", "--output-format", "json",
+               "--output-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    words = [w for s in json.loads((tmp_path / f"{clip.stem}.json").read_text())["segments"] for w in s["words"]]
+    americans = next(w for w in words if w["word"].strip(" ,") == "Americans")
+    assert americans["start"] <= 1.8 <= americans["end"] and len(words) >= 20

@@ -48,16 +48,28 @@ def _heads(x: Tensor, n_head: int) -> Tensor:
     return x.view(*x.shape[:2], n_head, -1).transpose(1, 2)
 
 
-def _attend(q: Tensor, keys_t: Tensor, values: Tensor, causal: bool = False) -> Tensor:
+def _attend(q: Tensor, keys_t: Tensor, values: Tensor, causal: bool = False, tap: nn.Module | None = None) -> Tensor:
     """Attention as two batched products: for one query row this beats the CPU flash kernel several times.
 
-    `keys_t` arrive transposed and already scaled by 1/sqrt(state per head).
+    `keys_t` arrive transposed and already scaled by 1/sqrt(state per head); `tap` is shown the scores.
     """
     weights = q @ keys_t
     if causal:
         weights = weights + torch.full(weights.shape[-2:], -np.inf, device=weights.device).triu_(1)
+    if tap is not None:
+        tap(weights)
     a = weights.softmax(dim=-1) @ values
     return a.transpose(1, 2).flatten(2)
+
+
+class AlignmentTap(nn.Module):
+    """Where openai-whisper's word timing hooks in: `find_alignment` registers a forward hook on each block's
+    `cross_attn` and reads the last output, the cross-attention scores before the softmax. Only full passes
+    (`FastTextDecoder.forward`, which word timing and language detection call) go through it, so the per-token
+    loop pays nothing."""
+
+    def forward(self, scores: Tensor) -> tuple[None, Tensor]:
+        return None, scores
 
 
 class Layer(nn.Module):
@@ -72,22 +84,25 @@ class Layer(nn.Module):
         self.qkv, self.out = _fused(attn.query, attn.key, attn.value), _fused(attn.out)
         self.cross_q, self.cross_kv, self.cross_out = _fused(cross.query), _fused(cross.key, cross.value), _fused(cross.out)
         self.fc1, self.fc2 = _fused(block.mlp[0]), _fused(block.mlp[2])
+        self.cross_attn = AlignmentTap()
 
-    def forward(self, x: Tensor, keys: Tensor, values: Tensor, offset: int, cross_k: Tensor, cross_v: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, offset: int, cross_k: Tensor, cross_v: Tensor, tap: bool = False) -> Tensor:
         """keys/values: this layer's cache, (batch, head, context, state per head), filled up to `offset`."""
         end = offset + x.shape[1]
         q, k, v = (_heads(t, self.n_head) for t in self.qkv(self.attn_ln(x)).chunk(3, dim=-1))
         keys[:, :, offset:end], values[:, :, offset:end] = k * self.scale, v
         # several tokens at once only happen on the first pass (offset 0), where the plain causal mask is right
         x = x + self.out(_attend(q, keys[:, :, :end].transpose(-1, -2), values[:, :, :end], causal=x.shape[1] > 1))
-        x = x + self.cross_out(self.cross_attend(self.cross_q(self.cross_ln(x)), cross_k, cross_v))
+        x = x + self.cross_out(self.cross_attend(self.cross_q(self.cross_ln(x)), cross_k, cross_v, self.cross_attn if tap else None))
         return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
 
-    def cross_attend(self, q: Tensor, keys_t: Tensor, values: Tensor) -> Tensor:
-        """Beams of one window share its keys: their queries go in as rows of one product, not separate ones."""
+    def cross_attend(self, q: Tensor, keys_t: Tensor, values: Tensor, tap: nn.Module | None = None) -> Tensor:
+        """Beams of one window share its keys: their queries go in as rows of one product, not separate ones.
+
+        (With one row per window, as on full passes, the scores are (batch, head, token, frame), as whisper's.)"""
         windows, (batch, length, state) = keys_t.shape[0], q.shape
         q = q.view(windows, batch // windows * length, self.n_head, -1).transpose(1, 2)
-        return _attend(q, keys_t, values).reshape(batch, length, state)
+        return _attend(q, keys_t, values, tap=tap).reshape(batch, length, state)
 
     def audio(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys (transposed, scaled) and values of the window, computed once."""
@@ -112,8 +127,6 @@ class Cache:
 class FastTextDecoder(nn.Module):
     """whisper's TextDecoder rebuilt from its weights for `decode`; `forward` keeps the usual signature."""
 
-    blocks = ()  # no modules for openai-whisper's hook-based kv-cache to attach to: Cache replaces it
-
     def __init__(self, decoder: TextDecoder):
         super().__init__()
         self.token_embedding = decoder.token_embedding
@@ -123,19 +136,26 @@ class FastTextDecoder(nn.Module):
         self.ln = _norm(decoder.ln)
         self.projection = nn.Linear(*decoder.token_embedding.weight.shape[::-1], bias=False)
         self.projection.weight = decoder.token_embedding.weight
+        self.building = False
 
-    def step(self, tokens: Tensor, cache: Cache, positions: list[int]) -> Tensor:
-        """Logits at `positions` of `tokens`, which continue what the cache holds."""
+    @property
+    def blocks(self) -> tuple | nn.ModuleList:
+        """What openai-whisper's word timing hooks (`block.cross_attn`). Hidden while a DecodingTask is built:
+        the kv-cache inference it makes first (then replaced by ours) looks for whisper's attention modules."""
+        return () if self.building else self.layers
+
+    def step(self, tokens: Tensor, cache: Cache, positions: list[int], tap: bool = False) -> Tensor:
+        """Logits at `positions` of `tokens`, which continue what the cache holds; `tap`: show the alignment taps."""
         length = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[cache.offset : cache.offset + length]
         for layer, (keys, values), (cross_k, cross_v) in zip(self.layers, cache.kv, cache.cross):
-            x = layer(x, keys, values, cache.offset, cross_k, cross_v)
+            x = layer(x, keys, values, cache.offset, cross_k, cross_v, tap)
         cache.offset += length
         return self.projection(self.ln(x[:, positions]))
 
     def forward(self, x: Tensor, xa: Tensor, kv_cache: dict | None = None) -> Tensor:
-        """All positions' logits without a cache kept, as language detection calls it."""
-        return self.step(x, Cache(self, xa, x.shape[0]), list(range(x.shape[1])))
+        """All positions' logits without a cache kept, as language detection and word timing call it."""
+        return self.step(x, Cache(self, xa, x.shape[0]), list(range(x.shape[1])), tap=True)
 
 
 class FastInference(Inference):
@@ -206,7 +226,11 @@ class FastDecodingTask(DecodingTask):
     """openai-whisper's DecodingTask with the fast decoder forward and batched logit rules."""
 
     def __init__(self, model: Whisper, options: DecodingOptions):
-        super().__init__(model, options)
+        model.decoder.building = True
+        try:
+            super().__init__(model, options)
+        finally:
+            model.decoder.building = False
         self.inference = FastInference(model.decoder, len(self.initial_tokens))
         if isinstance(self.decoder, BeamSearchDecoder):
             self.decoder.inference = self.inference

@@ -33,6 +33,7 @@ class DecodeOptions:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     initial_prompt: str | None = None
+    word_timestamps: bool = False  # per-word start and end from the cross-attention of the alignment heads
 
     @property
     def tag(self) -> str:

@@ -8,6 +8,7 @@ previous text, no VAD, timestamps on; the segment generator is consumed inside t
 """
 
 import re
+from dataclasses import asdict
 import time
 from pathlib import Path
 
@@ -46,10 +47,11 @@ class FasterWhisperRunner:
             best_of=options.best_of or 1, temperature=list(options.temperature),
             compression_ratio_threshold=options.compression_ratio_threshold, log_prob_threshold=options.logprob_threshold,
             no_speech_threshold=options.no_speech_threshold, condition_on_previous_text=options.condition_on_previous_text,
-            initial_prompt=options.initial_prompt, vad_filter=False, without_timestamps=False,
+            initial_prompt=options.initial_prompt, vad_filter=False, without_timestamps=False, word_timestamps=options.word_timestamps,
         )
         segments = [{"seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
-                     "temperature": s.temperature, "avg_logprob": s.avg_logprob} for s in segments]
+                     "temperature": s.temperature, "avg_logprob": s.avg_logprob,
+                     **({"words": [asdict(w) for w in s.words]} if s.words else {})} for s in segments]
         return Transcript("".join(s["text"] for s in segments).strip(), segments, info.language, fallback_windows(segments))
 
     def split_times(self, samples, options: DecodeOptions) -> tuple[float, float, int]:
@@ -108,6 +110,8 @@ class WhisperCppRunner:
     def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
         import _pywhispercpp as pw
 
+        if options.word_timestamps:
+            raise UserError("word timestamps are not wired for the whisper.cpp peer")
         model = self._model(options)
         segments = model.transcribe(samples_of(source), language=options.language or "auto")
         tokens = [[0] * pw.whisper_full_n_tokens(model._ctx, i) for i in range(len(segments))]
