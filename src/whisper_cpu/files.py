@@ -15,6 +15,10 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def write_with(write: Callable[[Path], None], target: Path) -> Path:
     """Let `write` fill a temporary file beside the target, then rename it: readers see the old file or the new."""
     target = Path(target)

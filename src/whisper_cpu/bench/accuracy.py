@@ -69,7 +69,10 @@ class Options:
 def transcribe_clips(model_name: str, method_name: str, clips: list, opts: Options, threads: int, run_id: str, bar) -> list[dict]:
     """One record per utterance, as the Open ASR Leaderboard keeps them."""
     runner = registry.get(method_name).load(model_name, threads)
-    decoding = lambda clip: replace(opts.decoding, language=spoken(runner, clip.language))  # noqa: E731
+
+    def decoding(clip: inputs.Clip) -> DecodeOptions:
+        return replace(opts.decoding, language=spoken(runner, clip.language))
+
     shortest = min(clips, key=lambda item: item[0].duration_s)
     runner.transcribe(shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
     records = []

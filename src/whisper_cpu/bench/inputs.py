@@ -7,7 +7,6 @@ experiment's 30 s clip, but with a known reference.
 """
 
 import csv
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import UserError, workspace
-from ..files import sha256
+from ..files import sha256, sha256_text
 from ..audio import SAMPLE_RATE, load, write_wav
 
 WINDOW_SERIES = "coqui_LJ001-"
@@ -103,10 +102,6 @@ def available(clips: list[Clip], audio_dir: Path | None = None) -> list[tuple[Cl
             if "sha256" in str(error):
                 raise
     return found
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def window_clips(clips: list[Clip], seconds: float = 30.0) -> list[Clip]:

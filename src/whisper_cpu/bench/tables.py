@@ -13,9 +13,7 @@ OLD_DECODING = "t0"  # rows from before the `decoding` column: temperature 0, no
 
 
 def _with_decoding(rows: pd.DataFrame) -> pd.DataFrame:
-    if len(rows) and "decoding" not in rows:
-        rows = rows.assign(decoding=OLD_DECODING)
-    return rows.fillna({"decoding": OLD_DECODING}) if len(rows) else rows
+    return rows.assign(decoding=rows.get("decoding", OLD_DECODING)).fillna({"decoding": OLD_DECODING}) if len(rows) else rows
 
 
 def load_timings() -> pd.DataFrame:
