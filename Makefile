@@ -16,13 +16,16 @@ ALL_REPEATS ?= 3
 # whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only); the rpath lets its extension find its own libraries.
 WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
 
-.PHONY: bench bench-all accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
+.PHONY: bench bench-all bench-batch accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
 bench: venv models audio ## time MODELS x METHODS (default: the original's) on the ~30 s real-speech window
 	$(PY) -m whisper_cpu bench $(RUN_FLAGS) --repeats $(REPEATS)
 
 bench-all: venv models audio whispercpp ## the full matrix in one run: peak, every method and peer greedy and beam 5, threads, memory, both accuracy gates
 	$(PY) -m whisper_cpu bench --all --models $(MODELS) $(if $(ALL_METHODS),--methods $(ALL_METHODS)) --repeats $(ALL_REPEATS) $(if $(BEAM),--beam-size $(BEAM))
+
+bench-batch: venv models audio ## long recordings whole: batched methods and peers beside the sequential ones, batch sweep, memory, threads, long-form gate
+	$(PY) -m whisper_cpu bench --batched --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)
 
 accuracy: venv models audio ## short-clip gate: WER of MODELS x METHODS on every real-speech clip
 	$(PY) -m whisper_cpu accuracy $(RUN_FLAGS)

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from whisper.decoding import ApplyTimestampRules
 from whisper.tokenizer import get_tokenizer
 
-from whisper_cpu import audio, decoding, models, registry
+from whisper_cpu import audio, decoding, models, quantize, registry
 from whisper_cpu.bench import inputs, peak, results
 
 CLIPS = ["whisper_jfk", "deepspeech_LDC93S1", "leopard_test", "coqui_LJ001-0007"]
@@ -76,8 +76,9 @@ def test_fast_qint8_quantizes_every_matrix_product_of_the_decoder(tiny):
     decoder = model.decoder
     assert isinstance(decoder, decoding.FastTextDecoder)
     assert not any(type(m) is nn.Linear for m in model.modules())
-    assert isinstance(decoder.projection, torch.ao.nn.quantized.dynamic.Linear)
-    assert len(decoder.layers) == 4 and all(l.qkv.weight().shape == (3 * 384, 384) for l in decoder.layers)
+    assert isinstance(decoder.projection, quantize.RowScaledLinear)  # rows of a batch quantized each on its own scale
+    assert isinstance(decoder.projection.inner, torch.ao.nn.quantized.dynamic.Linear)
+    assert len(decoder.layers) == 4 and all(l.qkv.inner.weight().shape == (3 * 384, 384) for l in decoder.layers)
 
 
 def test_flop_counts_match_pytorchs_counter(tiny, fast_tiny):
@@ -107,10 +108,10 @@ def test_per_channel_recipes_give_every_weight_row_its_own_scale(tiny):
     everywhere = registry.get("fast-qint8-pc").prepare(copy.deepcopy(tiny))
     dynamic = [m for m in everywhere.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     assert dynamic and {m.weight().qscheme() for m in dynamic} == {torch.per_channel_affine}
-    assert isinstance(everywhere.decoder.projection, torch.ao.nn.quantized.dynamic.Linear)
+    assert isinstance(everywhere.decoder.projection.inner, torch.ao.nn.quantized.dynamic.Linear)
     decoder_only = registry.get("fast-qint8-dec").prepare(copy.deepcopy(tiny))
     assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in decoder_only.encoder.modules())
-    assert all(isinstance(l.qkv, torch.ao.nn.quantized.dynamic.Linear) for l in decoder_only.decoder.layers)
+    assert all(isinstance(l.qkv.inner, torch.ao.nn.quantized.dynamic.Linear) for l in decoder_only.decoder.layers)
 
 
 def test_int8_paths_are_timed_once_per_run_and_agree_with_fp32(scratch, monkeypatch):

@@ -25,7 +25,7 @@ def cmd_transcribe(args) -> int:
     opts = transcribe.Options(
         model=args.model, method=args.method, output_format=args.output_format, output_dir=args.output_dir,
         decoding=DecodeOptions(language=args.language, beam_size=args.beam_size, word_timestamps=args.word_timestamps),
-        threads=args.threads or 0,
+        threads=args.threads or 0, batch_size=args.batch_size or 0,
     )
     return 2 if transcribe.run(opts, args.files) else 0
 
@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--language", help="default: en for .en models, else detected")
     t.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
     t.add_argument("--threads", type=threads, default=None, help="default: all available cores")
+    t.add_argument("--batch-size", type=int, default=None, help="windows decoded together by a batched method, across files "
+                   "(default: 8, fewer where memory is short)")
     t.add_argument("--word-timestamps", action="store_true", help="per-word start and end (json, and the subtitle writers' word options)")
     t.set_defaults(func=cmd_transcribe)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, DecodingTask, Inference, SuppressTokens
+from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, DecodingTask, GreedyDecoder, Inference, SuppressTokens
 from whisper.model import TextDecoder, Whisper
 
 
@@ -122,6 +122,11 @@ class Cache:
 
     def reorder(self, source: list[int]) -> None:
         self.kv[:, :, :, :, : self.offset] = self.kv[:, :, source, :, : self.offset]
+
+    def keep(self, rows: Tensor) -> None:
+        """Only these rows (one per window) go on: the others have ended their text."""
+        self.kv = self.kv[:, :, rows]
+        self.cross = [(k[rows], v[rows]) for k, v in self.cross]
 
 
 class FastTextDecoder(nn.Module):
@@ -237,8 +242,13 @@ class FastDecodingTask(DecodingTask):
         self.logit_filters = [_faster(rule) for rule in self.logit_filters]
 
     def _main_loop(self, audio_features: Tensor, tokens: Tensor):
+        """openai-whisper's loop; with one row per window, rows that ended their text leave the batch (and the cache)
+        once a quarter of it has ended, instead of being decoded on, and come back padded with end-of-text as its
+        greedy decoder leaves them."""
         sum_logprobs = torch.zeros(tokens.shape[0], device=audio_features.device)
         no_speech_probs = [np.nan] * tokens.shape[0]
+        shrink = isinstance(self.decoder, GreedyDecoder) and self.n_group == 1 and tokens.shape[0] > 1
+        rows, ended = torch.arange(tokens.shape[0]), {}
         try:
             for i in range(self.sample_len):
                 if i == 0:
@@ -253,9 +263,22 @@ class FastDecodingTask(DecodingTask):
                 tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
                 if completed or tokens.shape[-1] > self.n_ctx:
                     break
+                if shrink and 4 * (done := tokens[:, -1] == self.tokenizer.eot).sum() >= len(rows):  # copies amortized
+                    ended |= {rows[j].item(): (tokens[j], sum_logprobs[j]) for j in done.nonzero()[:, 0].tolist()}
+                    tokens, sum_logprobs, rows = tokens[~done], sum_logprobs[~done], rows[~done]
+                    self.inference.cache.keep(~done)
         finally:
             self.inference.cleanup_caching()
-        return tokens, sum_logprobs, no_speech_probs
+        return (*self._restore(tokens, sum_logprobs, rows, ended), no_speech_probs) if ended else (tokens, sum_logprobs, no_speech_probs)
+
+    def _restore(self, tokens: Tensor, sum_logprobs: Tensor, rows: Tensor, ended: dict) -> tuple[Tensor, Tensor]:
+        """All rows again, in their order, the ended ones padded with end-of-text."""
+        full = tokens.new_full((len(rows) + len(ended), tokens.shape[1]), self.tokenizer.eot)
+        logprobs = sum_logprobs.new_zeros(full.shape[0])
+        full[rows], logprobs[rows] = tokens, sum_logprobs
+        for row, (done, logprob) in ended.items():
+            full[row, : len(done)], logprobs[row] = done, logprob
+        return full, logprobs
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
 from whisper.model import Linear, TextDecoder, Whisper
 
 
@@ -34,10 +35,38 @@ def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None =
     model = to_nn_linear(model)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated")  # torch.ao eager quantization: deprecated, still shipped
-        if part is None:
-            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8)
-        setattr(model, part, torch.ao.quantization.quantize_dynamic(getattr(model, part), {nn.Linear: qconfig}, dtype=torch.qint8))
-        return model
+        for name in ("encoder", "decoder") if part is None else (part,):
+            setattr(model, name, torch.ao.quantization.quantize_dynamic(getattr(model, name), {nn.Linear: qconfig}, dtype=torch.qint8))
+    if hasattr(model.decoder, "layers"):  # our fast decoder decodes windows in batches: keep its rows independent
+        replace_linears(model.decoder, RowScaledLinear, nnqd.Linear)
+    return model
+
+
+class RowScaledLinear(nn.Module):
+    """A dynamic int8 Linear whose input rows are quantized each on its own range, not on the batch's.
+
+    fbgemm's dynamic Linear quantizes its input with one scale for the whole tensor, so in a batch of windows
+    one window's large activation would coarsen the others' and change their words with the batch. Here each
+    row is divided by its largest magnitude first (a row of 1 and -1 appended pins the tensor's range to
+    [-1, 1]) and the output rows multiplied back: symmetric per-row scales, as CTranslate2 quantizes its inputs.
+    A single row takes the plain path, so one-window greedy decoding is exactly what it was.
+    """
+
+    def __init__(self, linear: "nnqd.Linear"):
+        super().__init__()
+        weight, bias = linear.weight(), linear.bias()
+        self.inner = nnqd.Linear(linear.in_features, linear.out_features, bias_=False, dtype=torch.qint8)
+        self.inner.set_weight_bias(weight, None)
+        self.register_buffer("bias", bias if bias is not None else torch.zeros(linear.out_features))
+        self.register_buffer("pins", torch.tensor([[1.0, -1.0] + [0.0] * (linear.in_features - 2)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] == 1:
+            return self.inner(x) + self.bias
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-30)
+        y = self.inner(torch.cat([rows / scale, self.pins]))[:-1]
+        return torch.addcmul(self.bias, y, scale).reshape(*x.shape[:-1], -1)
 
 
 def _projected_forward(self: TextDecoder, x, xa, kv_cache=None):
@@ -89,10 +118,10 @@ class CastLinear(nn.Module):
         return self.inner(x.to(self.inner.weight.dtype)).to(x.dtype)
 
 
-def replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+def replace_linears(model: nn.Module, make: Callable[[nn.Module], nn.Module], kind: type = nn.Linear) -> nn.Module:
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if type(child) is nn.Linear:
+            if type(child) is kind:
                 setattr(module, name, make(child))
     return model
 

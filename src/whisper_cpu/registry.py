@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from whisper.model import Whisper
 
-from . import UserError, decoding, machine, models, quantize
+from . import UserError, decoding, machine, models, pipeline, quantize
 from .runner import Runner, TorchRunner
 
 
@@ -30,6 +30,7 @@ BENCH = "bench"  # `make bench`'s default list: the original experiment
 SCALING = "scaling"  # timed at every thread count and on the long recordings
 BEAM = "beam"  # scored with beam 5 too
 LONGFORM = "longform"  # scored by the long-form accuracy gate
+BATCHED = "batched"  # decodes windows in batches: timed on the long recordings at each batch size
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class Entry:
     prepare: Callable[[Whisper], Whisper] | None = None  # the model transform, for our PyTorch methods
 
     @property
+    def batched(self) -> bool:
+        """Its runner has a settable `batch_size`: windows of one or many files decoded together."""
+        return BATCHED in self.tags
+
+    @property
     def ours(self) -> bool:
         """One of our methods on the CPU: what `whisper-cpu transcribe` runs."""
         return self.system == OURS and self.device == "cpu"
@@ -53,9 +59,10 @@ class Entry:
 
 def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], **fields) -> Entry:
     device = fields.get("device", "cpu")
+    runner = pipeline.BatchedRunner if BATCHED in fields.get("tags", ()) else TorchRunner
 
     def load(model: str, threads: int) -> TorchRunner:
-        return TorchRunner(prepare(models.load_model(model)).to(device), [models.checkpoint_path(model)])
+        return runner(prepare(models.load_model(model)).to(device), [models.checkpoint_path(model)])
 
     return Entry(name, OURS, summary, load, prepare=prepare, **fields)
 
@@ -105,6 +112,11 @@ for _entry in [
     torch_method("fast-qint8-dec", "the fast decoder's products in per-channel dynamic int8, the encoder kept in fp32",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, part="decoder"), arithmetic="int8",
                  tags=frozenset({LONGFORM})),
+    torch_method("fast-fp32-batched", "fast-fp32 on the batched pipeline: windows cut at pauses (Silero VAD), decoded in batches, fallback per window",
+                 decoding.fast, tags=frozenset({BATCHED, LONGFORM})),
+    torch_method("fast-qint8-pc-batched", "fast-qint8-pc on the batched pipeline, each batch row's activations quantized on its own scale",
+                 lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
+                 tags=frozenset({BATCHED, LONGFORM, SCALING})),
     torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model,
                  device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH}), original=("gpu", "fp32", "Linear")),
 ]:

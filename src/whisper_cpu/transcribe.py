@@ -20,10 +20,10 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from whisper.utils import get_writer
 
 from . import UserError, audio, machine, registry, workspace
+from .pipeline import SILENCE
 from .runner import DecodeOptions, Runner
 
 FORMATS = ("txt", "srt", "vtt", "json", "tsv", "all")
-SILENCE = 1e-4  # peak absolute amplitude below which a file holds no signal at all
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Options:
     output_dir: Path = Path(".")
     decoding: DecodeOptions = DecodeOptions()
     threads: int = 0  # 0: machine.default_threads()
+    batch_size: int = 0  # windows decoded together by a batched method (0: its default for this model and memory)
 
 
 def _runnable(name: str) -> bool:
@@ -93,13 +94,16 @@ def write_outputs(result: dict, source: Path, output_format: str, output_dir: Pa
     return written
 
 
-def transcribe_file(runner: Runner, path: Path, opts: Options) -> tuple[list[Path], str]:
-    """(written paths, transcript) for one file."""
-    samples = audio.load(path)
-    if np.abs(samples).max() < SILENCE:
-        raise UserError("no signal (silence)")
-    transcript = runner.transcribe(samples, opts.decoding, progress=True)
-    return write_outputs(transcript.as_whisper_result(), path, opts.output_format, Path(opts.output_dir)), transcript.text
+def _sequential(runner: Runner, paths: list[Path], decoding: DecodeOptions):
+    """(path, transcript or its error) one file at a time, as the batched runners' `many` gives them."""
+    for path in paths:
+        try:
+            samples = audio.load(path)
+            if np.abs(samples).max() < SILENCE:
+                raise UserError("no signal (silence)")
+            yield path, runner.transcribe(samples, decoding, progress=True)
+        except UserError as error:
+            yield path, error
 
 
 def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.stderr)) -> int:
@@ -117,18 +121,26 @@ def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.
     except OSError as error:
         raise UserError(f"cannot create the output folder {opts.output_dir}: {error.strerror or error}") from None
     runner = entry.load(opts.model, threads)
-    failed, stems = 0, set()
+    if entry.batched and opts.batch_size:
+        runner.batch_size = opts.batch_size
+    failed, unique = 0, {}
     for path in map(Path, paths):
+        if path.stem in unique:
+            log(f"whisper-cpu: error: {path}: an earlier file has the same name, so its outputs would be overwritten")
+            failed += 1
+        else:
+            unique[path.stem] = path
+    transcripts = runner.many(list(unique.values()), opts.decoding, progress=True) if entry.batched else _sequential(runner, list(unique.values()), opts.decoding)
+    for path, transcript in transcripts:
         try:
-            if path.stem in stems:
-                raise UserError("an earlier file has the same name, so its outputs would be overwritten")
-            stems.add(path.stem)
-            written, text = transcribe_file(runner, path, opts)
+            if isinstance(transcript, UserError):
+                raise transcript
+            written = write_outputs(transcript.as_whisper_result(), path, opts.output_format, Path(opts.output_dir))
         except UserError as error:
             log(f"whisper-cpu: error: {path}: {error}")
             failed += 1
             continue
-        if not text:
+        if not transcript.text:
             log(f"whisper-cpu: note: {path}: no speech recognized, the outputs are empty")
         for file in written:
             print(file)

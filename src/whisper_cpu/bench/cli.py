@@ -32,11 +32,19 @@ def _check(method_names, model_names, resume=None) -> None:
 
 
 def cmd_bench(args) -> None:
-    default = tuple(registry.REGISTRY) if args.all else registry.tagged(registry.BENCH)
-    opts = harness.Options(models=tuple(args.models), methods=tuple(args.methods or default), repeats=args.repeats, decoding=_decoding(args), threads=args.threads or harness.machine.default_threads())
+    default = tuple(registry.REGISTRY) if args.all else harness.batched_methods() if args.batched else registry.tagged(registry.BENCH)
+    opts = harness.Options(models=tuple(args.models), methods=tuple(args.methods or default), repeats=args.repeats, decoding=_decoding(args),
+                           threads=args.threads or harness.machine.default_threads(), batch_sizes=tuple(args.batch_sizes or ()),
+                           manifest=args.manifest)
     _check(opts.methods, opts.models, args.resume)
     if args.all:
         run_id = harness.run_all(opts, run_id=args.resume)
+    elif args.batched:
+        run_id = harness.run_batched(opts, run_id=args.resume)
+        print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
+        print(f"\nrun {run_id}: long recordings, medians over repeats; real-time factor (x) and WER change against sequential fp32")
+        print(tables.batched_table(tables.load_timings(), tables.load_longform(), run_id).to_string(index=False))
+        return
     else:
         clip = _input(args)
         print(f"input: {clip.id} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'}); threads: {opts.threads}")
@@ -117,7 +125,7 @@ def cmd_peak(args) -> None:
 
 
 def cmd_memory_probe(args) -> None:
-    print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language)))
+    print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language, args.batch_size)))
 
 
 def cmd_audio(args) -> None:
@@ -149,7 +157,11 @@ def add_commands(sub) -> None:
     b.add_argument("--audio", type=Path, help="a file to time instead of the ~30 s real-speech window")
     b.add_argument("--language", default="en")
     b.add_argument("--all", action="store_true", help="the full matrix (every method by default): window greedy and beam 5, "
-                   "thread scaling, memory, short-clip accuracy, the long-form gate")
+                   "thread scaling, memory, short-clip accuracy, the long-form gate, the batched job")
+    b.add_argument("--batched", action="store_true", help="the long recordings whole, batched methods beside the sequential ones they "
+                   "replace: batch-size sweep, memory per batch size, threads, long-form gate")
+    b.add_argument("--manifest", type=Path, default=None, help="--batched: long recordings joined from this manifest's English clips")
+    b.add_argument("--batch-sizes", type=int, nargs="+", help=f"batch sizes of the sweep (default: {' '.join(map(str, harness.SWEEP))})")
     b.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("accuracy", help="WER of models x methods on the real-speech clips of a manifest")
@@ -187,4 +199,5 @@ def add_commands(sub) -> None:
     p.add_argument("audio", type=Path)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--language", default="en")
+    p.add_argument("--batch-size", type=int, default=1)
     p.set_defaults(func=cmd_memory_probe)

@@ -5,10 +5,11 @@ from pathlib import Path
 import pandas as pd
 
 from .. import registry
-from .tables import (PUBLISHED_CPU, _ratio, compare, headline, latest_run, longform_table, main_rows, pareto_front, speed_accuracy,
-                     summary)
+from .tables import (PUBLISHED_CPU, _ratio, compare, headline, latest_run, long_timings, longform_table, main_rows, pareto_front,
+                     speed_accuracy, summary)
 
 MODEL_STYLES = ["o", "s", "^", "D"]  # marker per model, in order of appearance
+MODEL_LINES = ["-", "--", ":", "-."]  # line style per model, in order of appearance
 
 
 def colour(system: str) -> str:
@@ -190,6 +191,45 @@ def plot_longform(longform: pd.DataFrame):
     return fig
 
 
+def plot_batching(timings: pd.DataFrame, memory: pd.DataFrame | None = None):
+    """Real-time factor and peak memory against batch size, on the long recording the sweep ran on."""
+    medians = long_timings(timings)
+    if not len(medians) or medians.batch_size.nunique() < 2:
+        return None
+    medians = medians[medians.threads == medians.threads.max()]
+    recording = medians.groupby("audio_id").batch_size.nunique().idxmax()
+    rows = medians[medians.audio_id == recording]
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), dpi=110, layout="constrained")
+    speed, peak = fig.subplots(1, 2)
+    lines = {m: MODEL_LINES[i % len(MODEL_LINES)] for i, m in enumerate(rows.model.unique())}
+    for (model, method, system), group in rows.groupby(["model", "method", "system"], sort=False):
+        group = group.sort_values("batch_size")
+        style = dict(color=colour(system), linestyle=lines[model], marker="o" if "batched" in method else "s")
+        if group.batch_size.nunique() > 1:
+            speed.plot(group.batch_size, group.audio_s / group.wall_s, label=f"{model} {method}", **style)
+        else:  # a sequential path: its level, for reference
+            speed.axhline(float(group.audio_s.iloc[0] / group.wall_s.iloc[0]), label=f"{model} {method} (sequential)", alpha=0.6,
+                          color=style["color"], linestyle=style["linestyle"], linewidth=1)
+    speed.set_xscale("log", base=2)
+    speed.set_xlabel("batch size (windows decoded together)")
+    speed.set_ylabel("x real time (audio seconds per second, higher is faster)")
+    speed.legend(fontsize=6)
+    if memory is not None and len(memory) and "batch_size" in memory:
+        mem = memory[(memory.run_id == rows.run_id.iloc[0]) & (memory.audio_id == recording)].dropna(subset=["batch_size"])
+        for (model, method, system), group in mem.groupby(["model", "method", "system"], sort=False):
+            group = group.sort_values("batch_size")
+            peak.plot(group.batch_size, group.peak_rss_mb, color=colour(system), linestyle=lines.get(model, "-"), marker="o", label=f"{model} {method}")
+        peak.set_xscale("log", base=2)
+        peak.legend(fontsize=6)
+    peak.set_xlabel("batch size")
+    peak.set_ylabel("peak resident memory, MB")
+    fig.suptitle(f"Batched decoding of {recording} ({rows.audio_s.iloc[0]:.0f} s): run {rows.run_id.iloc[0]}\n{machine_label(timings[timings.run_id == rows.run_id.iloc[0]])}",
+                 fontsize=9)
+    return fig
+
+
 def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, folder: Path, memory: pd.DataFrame | None = None,
                   longform: pd.DataFrame | None = None) -> list[Path]:
     """Every figure that the results support, as PNG files; figures without data are skipped."""
@@ -201,6 +241,7 @@ def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.D
         "thread_scaling": plot_thread_scaling(timings),
         "memory": plot_memory(memory),
         "longform": plot_longform(longform) if longform is not None else None,
+        "batching": plot_batching(timings, memory),
     }
     folder.mkdir(parents=True, exist_ok=True)
     written = []

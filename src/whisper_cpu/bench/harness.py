@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import UserError, machine, models, registry, workspace
-from ..audio import load
+from .. import UserError, machine, models, pipeline, registry, workspace
+from ..audio import SAMPLE_RATE, load
 from ..runner import DecodeOptions, spoken
 from . import inputs, peak, results
 
@@ -76,6 +77,8 @@ class Options:
     threads: int = field(default_factory=machine.default_threads)
     retries: int = 3
     warmup: bool = True
+    batch_sizes: tuple[int, ...] = ()  # for batched methods (default: pipeline.BATCH)
+    manifest: Path | None = None  # the long recordings' clips (default: the dev manifest)
 
 
 def plan(opts: Options) -> tuple[list[tuple[str, str]], list[str]]:
@@ -95,7 +98,8 @@ def _done(run_id: str, decoding: str) -> dict[tuple, int]:
     if rows.empty:
         return {}
     rows = rows[(rows.run_id == run_id) & (rows.get("decoding", "") == decoding)]
-    return rows.groupby(["model", "method", "audio_id", "threads", "beam_size"]).size().to_dict()
+    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int))
+    return rows.groupby(["model", "method", "audio_id", "threads", "beam_size", "batch_size"]).size().to_dict()
 
 
 def window_gflop(model: str, window_tokens: int, beam: int) -> tuple[float, float]:
@@ -125,42 +129,52 @@ def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
     beam = opts.decoding.beam_size or 1
     done = _done(run_id, opts.decoding.tag)
     samples = load(clip.path)
-    bar = tqdm(total=len(pairs) * opts.repeats, desc=f"bench {run_id}", unit="run")
+    sizes = {name: (opts.batch_sizes or (pipeline.BATCH,)) if registry.get(name).batched else (1,) for _, name in pairs}
+    bar = tqdm(total=sum(len(sizes[name]) for _, name in pairs) * opts.repeats, desc=f"bench {run_id}", unit="run")
     for model_name, method_name in pairs:
         entry = registry.get(method_name)
-        finished = done.get((model_name, method_name, clip.id, opts.threads, beam), 0)
-        bar.update(min(finished, opts.repeats))
-        if finished >= opts.repeats:
+        finished = {size: done.get((model_name, method_name, clip.id, opts.threads, beam, size), 0) for size in sizes[method_name]}
+        bar.update(sum(min(n, opts.repeats) for n in finished.values()))
+        if all(n >= opts.repeats for n in finished.values()):
             continue
         bar.set_postfix_str(f"{model_name} {method_name}")
         start = time.perf_counter()
         runner = entry.load(model_name, opts.threads)
         load_s = time.perf_counter() - start
         decoding = replace(opts.decoding, language=spoken(runner, clip.language))
-        if opts.warmup:
-            runner.transcribe(clip.path, decoding)
-        for repeat in range(finished, opts.repeats):
-            for attempt in range(1, opts.retries + 2):
-                with Probe() as probe:
-                    transcript = runner.transcribe(clip.path, decoding)
-                if not probe.contended():
-                    break
-            encoder_s, decoder_s, window_tokens = runner.split_times(samples, decoding)
-            encoder_gflop, decoder_gflop = window_gflop(model_name, window_tokens, beam)
-            results.append("timings", [{
-                "run_id": run_id, "timestamp": results.now(), **env,
-                "system": entry.system.name, "model": model_name, "method": method_name, "arithmetic": entry.arithmetic,
-                "device": entry.device, "beam_size": beam, "decoding": opts.decoding.tag, "audio_id": clip.id,
-                "audio_s": round(clip.duration_s, 3), "repeat": repeat, "load_s": round(load_s, 4),
-                "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
-                "window_tokens": window_tokens, "encoder_gflop": encoder_gflop, "decoder_gflop": decoder_gflop,
-                "tokens": transcript.tokens, "fallbacks": transcript.fallbacks,
-                "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt,
-                "transcript": transcript.text,
-            }])
-            bar.update(1)
+        for size in sizes[method_name]:
+            if entry.batched:
+                runner.batch_size = size
+            row = {"run_id": run_id, **env, "system": entry.system.name, "model": model_name, "method": method_name,
+                   "arithmetic": entry.arithmetic, "device": entry.device, "beam_size": beam, "decoding": opts.decoding.tag,
+                   "batch_size": size, "audio_id": clip.id, "audio_s": round(clip.duration_s, 3),
+                   "load_s": round(load_s, 4)}
+            _time(opts, runner, clip, samples, decoding, finished[size], row, bar)
         del runner
     bar.close()
+
+
+def _time(opts: Options, runner, clip: inputs.Input, samples, decoding: DecodeOptions, finished: int, row: dict, bar) -> None:
+    """The repeats of one configuration (after a warm-up), each rerun while other processes took the CPU."""
+    if opts.warmup and finished < opts.repeats:
+        runner.transcribe(samples[: 30 * SAMPLE_RATE], decoding)
+    for repeat in range(finished, opts.repeats):
+        for attempt in range(1, opts.retries + 2):
+            with Probe() as probe:
+                transcript = runner.transcribe(clip.path, decoding)
+            if not probe.contended():
+                break
+        encoder_s, decoder_s, window_tokens = runner.split_times(samples, decoding)
+        encoder_gflop, decoder_gflop = window_gflop(row["model"], window_tokens, row["beam_size"])
+        results.append("timings", [{
+            **row, "timestamp": results.now(), "repeat": repeat,
+            "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
+            "window_tokens": window_tokens, "encoder_gflop": encoder_gflop, "decoder_gflop": decoder_gflop,
+            "tokens": transcript.tokens, "fallbacks": transcript.fallbacks,
+            "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt,
+            "transcript": transcript.text,
+        }])
+        bar.update(1)
 
 
 def _status_mb(field: str) -> float:
@@ -168,11 +182,13 @@ def _status_mb(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str) -> dict:
+def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str, batch_size: int = 1) -> dict:
     """Meant for a fresh process: resident memory before and after loading, and the peak over one transcribe."""
     torch.set_num_threads(threads)
     start = _status_mb("VmRSS")
     runner = registry.get(method_name).load(model_name, threads)
+    if registry.get(method_name).batched:
+        runner.batch_size = batch_size
     loaded = _status_mb("VmRSS")
     runner.transcribe(path, DecodeOptions(language=spoken(runner, language)))
     return {
@@ -186,22 +202,53 @@ def memory_probe(model_name: str, method_name: str, threads: int, path: Path, la
 def measure_memory(opts: Options, clip: inputs.Input, run_id: str) -> None:
     """Peak memory per configuration, each in its own process so one model's memory never hides another's."""
     pairs, _ = plan(opts)
+    configs = [(m, k, b) for m, k in pairs for b in ((opts.batch_sizes or (pipeline.BATCH,)) if registry.get(k).batched else (1,))]
     env = results.environment(opts.threads)
     rows = results.read("memory")
-    mine = rows[rows.run_id == run_id] if len(rows) else rows
-    done = set(zip(mine.model, mine.method)) if len(mine) else set()
-    for model_name, method_name in tqdm([p for p in pairs if p not in done], desc="memory", unit="config"):
+    mine = rows[(rows.run_id == run_id) & (rows.audio_id == clip.id)] if len(rows) else rows
+    done = set(zip(mine.model, mine.method, mine.get("batch_size", pd.Series(1, index=mine.index)).fillna(1).astype(int))) if len(mine) else set()
+    for model_name, method_name, size in tqdm([c for c in configs if c not in done], desc="memory", unit="config"):
         child = subprocess.run(
-            [sys.executable, "-m", "whisper_cpu", "--workspace", str(workspace.get().home), "memory-probe",
-             model_name, method_name, str(clip.path), "--threads", str(opts.threads), "--language", clip.language],
+            [sys.executable, "-m", "whisper_cpu", "--workspace", str(workspace.get().home), "memory-probe", model_name, method_name,
+             str(clip.path), "--threads", str(opts.threads), "--language", clip.language, "--batch-size", str(size)],
             capture_output=True, text=True,
         )
         if child.returncode != 0:
             tqdm.write(f"note: memory of {model_name} {method_name} not measured: {(child.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
         results.append("memory", [{"run_id": run_id, "timestamp": results.now(), **env, "model": model_name, "method": method_name,
-                                   "system": registry.get(method_name).system.name, "audio_id": clip.id,
+                                   "system": registry.get(method_name).system.name, "audio_id": clip.id, "batch_size": size,
                                    **json.loads(child.stdout.splitlines()[-1])}])
+
+
+SWEEP = (1, 2, 4, 8, 16)  # batch sizes of the sweep on the first long recording
+
+
+def batched_methods() -> tuple[str, ...]:
+    """`bench --batched`'s default: every batched entry, and the sequential paths they replace (ours and faster-whisper's)."""
+    return (*registry.tagged(registry.BATCHED), "fast-qint8-pc", "faster-whisper-int8")
+
+
+def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
+    """Long recordings, whole, at the default batch size; on the first one, for the int8 batched methods, the batch
+    sweep, peak memory per batch size and threads 1..cores; then the long-form gate for every method timed."""
+    from . import longform
+
+    run_id = run_id or results.new_run_id()
+    recordings = inputs.longform(opts.manifest)
+    sweep = tuple(m for m in opts.methods if registry.get(m).batched and registry.get(m).arithmetic == "int8")
+    try:
+        for recording in recordings:
+            _run(replace(opts, batch_sizes=(pipeline.BATCH,)), recording, run_id, log)
+        _run(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id, log)
+        measure_memory(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id)
+        for threads in range(1, opts.threads):
+            _run(replace(opts, methods=sweep, threads=threads, batch_sizes=(pipeline.BATCH,)), recordings[0], run_id, log)
+        longform.run(longform.Options(models=opts.models, methods=opts.methods, decoding=opts.decoding, threads=opts.threads,
+                                      manifest=opts.manifest), run_id, log)
+    except KeyboardInterrupt:
+        raise Interrupted(run_id) from None
+    return run_id
 
 
 def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
@@ -228,6 +275,7 @@ def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
                                           threads=opts.threads), run_id, log)
         gated = tuple(m for m in opts.methods if m in registry.tagged(registry.LONGFORM) | set(scaling))
         longform.run(longform.Options(models=opts.models, methods=gated, decoding=opts.decoding, threads=opts.threads), run_id, log)
+        run_batched(replace(opts, methods=tuple(m for m in batched_methods() if m in opts.methods), repeats=3), run_id, log)
     except KeyboardInterrupt:
         raise Interrupted(run_id) from None
     return run_id

@@ -69,6 +69,28 @@ class FasterWhisperRunner:
         return encoder_s, time.perf_counter() - start, len(result.sequences_ids[0])
 
 
+class FasterWhisperBatchedRunner(FasterWhisperRunner):
+    """faster-whisper's `BatchedInferencePipeline`: its Silero VAD chunks decoded in batches of `batch_size`.
+
+    It has no temperature fallback and no conditioning (it ignores those options); timestamps are asked for,
+    as ours produce them, where its own default leaves them out."""
+
+    def __init__(self, name: str, compute_type: str, threads: int, batch_size: int = 8):
+        from faster_whisper import BatchedInferencePipeline
+
+        super().__init__(name, compute_type, threads)
+        self.pipeline, self.batch_size = BatchedInferencePipeline(self.model), batch_size
+
+    def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
+        segments, info = self.pipeline.transcribe(
+            samples_of(source), language=options.language, task=options.task, beam_size=options.beam_size or 1,
+            initial_prompt=options.initial_prompt, without_timestamps=False, word_timestamps=options.word_timestamps,
+            batch_size=self.batch_size, log_progress=progress)
+        segments = [{"seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
+                     **({"words": [asdict(w) for w in s.words]} if s.words else {})} for s in segments]
+        return Transcript("".join(s["text"] for s in segments).strip(), segments, info.language)
+
+
 def whispercpp_missing() -> str | None:
     """Why whisper.cpp cannot run here, if it cannot (make whispercpp builds it)."""
     try:
@@ -85,13 +107,14 @@ class WhisperCppRunner:
         from . import ggml
 
         self.path, self.threads = ggml.model_file(name, ftype), threads
+        self.batch_size: int | None = None  # processors of `whisper_full_parallel`: equal parts of the audio side by side
         self.weights = [self.path]
         self.multilingual = models.multilingual(name)
-        self._models: dict[DecodeOptions, object] = {}
+        self._models: dict[tuple, object] = {}
 
     def _model(self, options: DecodeOptions):
         """One whisper.cpp context per set of options (its parameters are fixed when the context is made)."""
-        key = options.__class__(**{**vars(options), "language": None})
+        key = (options.__class__(**{**vars(options), "language": None}), self.batch_size)
         if key not in self._models:
             from pywhispercpp.model import Model
 
@@ -100,7 +123,7 @@ class WhisperCppRunner:
             prompt = {"initial_prompt": options.initial_prompt} if options.initial_prompt else {}  # None is refused
             steps = np.diff(options.temperature)
             self._models[key] = Model(
-                str(self.path), n_threads=self.threads, temperature=options.temperature[0],
+                str(self.path), n_threads=max(1, self.threads // (self.batch_size or 1)), temperature=options.temperature[0],
                 temperature_inc=float(steps[0]) if len(steps) else 0.0, no_context=not options.condition_on_previous_text,
                 logprob_thold=options.logprob_threshold if options.logprob_threshold is not None else -np.inf,
                 no_speech_thold=options.no_speech_threshold if options.no_speech_threshold is not None else 1.0,
@@ -113,7 +136,7 @@ class WhisperCppRunner:
         if options.word_timestamps:
             raise UserError("word timestamps are not wired for the whisper.cpp peer")
         model = self._model(options)
-        segments = model.transcribe(samples_of(source), language=options.language or "auto")
+        segments = model.transcribe(samples_of(source), language=options.language or "auto", n_processors=self.batch_size)
         tokens = [[0] * pw.whisper_full_n_tokens(model._ctx, i) for i in range(len(segments))]
         segments = [{"start": s.t0 / 100, "end": s.t1 / 100, "text": s.text, "tokens": t} for s, t in zip(segments, tokens)]
         return Transcript("".join(s["text"] for s in segments).strip(), segments, options.language or "")
@@ -149,5 +172,14 @@ for _entry in [
               tags=frozenset({registry.SCALING, registry.BEAM}) if ftype == "q8_0" else frozenset())
         for ftype in ("f16", "q8_0", "q5_0")
     ),
+    *(
+        Entry(f"faster-whisper-{kind}-batched", FASTER_WHISPER, f"faster-whisper's BatchedInferencePipeline (its Silero VAD, no fallback), {kind}",
+              lambda model, threads, compute=compute: FasterWhisperBatchedRunner(model, compute, threads), arithmetic=kind,
+              tags=frozenset({registry.BATCHED, registry.LONGFORM}))
+        for kind, compute in (("int8", "int8"), ("fp32", "float32"))
+    ),
+    Entry("whisper.cpp-q8_0-parallel", WHISPER_CPP, "whisper.cpp's whisper_full_parallel: the audio cut in `batch size` equal parts, "
+          "one processor each, the threads shared", lambda model, threads: WhisperCppRunner(model, "q8_0", threads),
+          unavailable=whispercpp_missing, arithmetic="int8", tags=frozenset({registry.BATCHED})),
 ]:
     register(_entry)

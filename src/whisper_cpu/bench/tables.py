@@ -5,7 +5,7 @@ is (its arithmetic, its FLOPs per window) was recorded with the row when it was 
 import pandas as pd
 
 from .. import UserError, registry, workspace
-from . import results
+from . import inputs, results
 
 KEYS = ["run_id", "model", "method", "device", "beam_size", "threads", "audio_id"]
 PUBLISHED_CPU = "AMD Ryzen 5 5600X (AVX2)"
@@ -313,3 +313,43 @@ def longform_table(longform: pd.DataFrame, run_id: str | None = None) -> pd.Data
         "deletions": rows.deletions, "insertions": rows.insertions, "substitutions": rows.substitutions,
         "repeated_ngrams": rows.repeated_ngrams, "run_id": rows.run_id,
     }).reset_index(drop=True)
+
+
+def long_timings(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """Medians of the long-form recordings, timed whole, per configuration, batch size included."""
+    rows = timings[timings.audio_id.isin([name for name, _, _ in inputs.LONGFORM])]
+    if not len(rows):
+        return pd.DataFrame()
+    rows = rows[rows.run_id == (run_id or rows.run_id.iloc[-1])]
+    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int))
+    return (rows.groupby(["run_id", "model", "method", "system", "batch_size", "threads", "audio_id"], sort=False)
+            .agg(audio_s=("audio_s", "first"), wall_s=("wall_s", "median"), repeats=("wall_s", "size"), contended=("contended", "sum"))
+            .reset_index())
+
+
+def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | None = None, memory: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per model, method and batch size at the most threads: the recordings timed whole (sums of medians over the
+    recordings every configuration covered), the real-time factor, the speed against faster-whisper's batched
+    int8 at the same batch size, and the long-form gate's WER change against sequential fp32."""
+    medians = long_timings(timings, run_id)
+    if not len(medians):
+        return pd.DataFrame()
+    medians, run = medians[medians.threads == medians.threads.max()], medians.run_id.iloc[0]
+    keys = ["model", "method", "batch_size"]
+    table = medians.groupby(keys, sort=False).agg(system=("system", "first"), recordings=("audio_id", "nunique"),
+                                                  audio_s=("audio_s", "sum"), wall_s=("wall_s", "sum")).reset_index()
+    table = table[table.recordings == table.recordings.max()].copy()
+    table["x_realtime"] = (table.audio_s / table.wall_s).round(1)
+    peer = table[table.method == "faster-whisper-int8-batched"].set_index(["model", "batch_size"]).wall_s
+    table["vs_fw_int8_batched"] = [round(peer[(m, b)] / w, 2) if (m, b) in peer.index else float("nan")
+                                   for m, b, w in zip(table.model, table.batch_size, table.wall_s)]
+    gate = longform[(longform.run_id == run) & (longform.audio_id == "all")] if len(longform) else longform
+    if len(gate):
+        gate = gate.assign(wer_pct=(100 * gate.wer).round(2),
+                           delta_ci=[_delta_ci(d, lo, hi) for d, lo, hi in zip(gate.get("wer_delta"), gate.get("ci_low"), gate.get("ci_high"))])
+        table = table.merge(gate[["model", "method", "wer_pct", "delta_ci"]], on=["model", "method"], how="left")
+    if memory is not None and len(memory) and "batch_size" in memory:
+        peak = memory[memory.run_id == run][["model", "method", "batch_size", "peak_rss_mb"]].dropna()
+        table = table.merge(peak.assign(batch_size=peak.batch_size.astype(int)), on=keys, how="left")
+    table["wall_s"] = table.wall_s.round(2)
+    return table.drop(columns="recordings")

