@@ -10,7 +10,7 @@ from whisper.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 from whisper.decoding import DecodingResult
 from whisper.tokenizer import get_tokenizer
 
-from whisper_cpu import audio, decoding, pipeline, quantize, workspace
+from whisper_cpu import audio, decoding, pipeline, quantize, registry, workspace
 from whisper_cpu.bench import figures, harness, inputs, results, tables
 from whisper_cpu.runner import DecodeOptions
 
@@ -74,7 +74,7 @@ def test_windows_are_cut_at_pauses_and_hold_all_the_speech(clips, mirror):
     pieces = [audio.load(inputs.locate(clips[n])) for n in names]
     pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
     samples = np.concatenate([p for piece in pieces for p in (piece, pause)])
-    spans = pipeline.speech_windows(samples)
+    spans = pipeline.speech_windows(pipeline.speech_regions(samples))
     assert len(spans) >= 3
     assert all(0 < end - start <= N_SAMPLES and start % HOP_LENGTH == 0 for start, end in spans)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
@@ -153,3 +153,15 @@ def test_the_batched_job_times_sweeps_and_gates_beside_the_batched_peer(scratch,
     assert figures.plot_batching(timings, memory) is not None
     gate = results.read("longform")
     assert {"fp32", "fast-qint8-pc-batched", "faster-whisper-int8-batched", "fast-qint8-pc"} <= set(gate[gate.audio_id == "all"].method)
+
+
+def test_whisper_cpps_parallel_processors_run_through_the_contract(clips, mirror):
+    from whisper_cpu.bench import peers
+
+    if why := peers.whispercpp_missing():
+        pytest.skip(why)
+    runner = registry.get("whisper.cpp-q8_0-parallel").load("tiny.en", 2)
+    runner.batch_size = 8  # one processor per thread at most
+    samples = np.concatenate([audio.load(inputs.locate(clips[n])) for n in ("whisper_jfk", "coqui_LJ001-0007")])
+    transcript = runner.transcribe(samples, ENGLISH)
+    assert runner.processors == 2 and "Americans" in transcript.text and "Bible" in transcript.text

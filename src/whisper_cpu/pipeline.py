@@ -34,24 +34,29 @@ from . import UserError, audio
 from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, samples_of
 
 SECONDS_PER_TOKEN = 0.02
+REST_S = 1.0  # audio left after a window's last timestamp that is decoded again when it holds speech
 BATCH = 8  # windows per batch where memory allows: on 2 cores base gains little beyond it (README, batch sweep)
 SILENCE = 1e-4  # peak absolute amplitude below which a file holds no signal at all
 
 
-def speech_windows(samples: np.ndarray, length: int = N_SAMPLES) -> list[tuple[int, int]]:
-    """(start, end) sample spans of at most `length` that hold all detected speech, cut only at pauses.
-
-    Silero's regions (padded by 0.4 s, split at a pause where one runs longer than a window) are packed into
-    windows; when the next one does not fit, the window is cut at its longest pause in its second half, so
-    sentences stay whole where the speaker's pauses allow it. Silence between windows is left out. Spans
-    start on a mel frame, so the frame offsets openai-whisper's word timing reads are exact."""
+def speech_regions(samples: np.ndarray, length: int = N_SAMPLES) -> list[tuple[int, int]]:
+    """Silero's speech regions in samples, padded by 0.4 s, split at a pause where one runs longer than a window."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     options = VadOptions(max_speech_duration_s=length / SAMPLE_RATE, min_silence_duration_ms=160)
-    regions = [(r["start"] // HOP_LENGTH * HOP_LENGTH, r["end"]) for r in get_speech_timestamps(samples, options)]
+    return [(r["start"], r["end"]) for r in get_speech_timestamps(samples, options)]
+
+
+def speech_windows(regions: list[tuple[int, int]], length: int = N_SAMPLES) -> list[tuple[int, int]]:
+    """(start, end) sample spans of at most `length` that hold all the speech regions, cut only at pauses.
+
+    Regions are packed into windows; when the next one does not fit, the window is cut at its longest pause in
+    its second half, so sentences stay whole where the speaker's pauses allow it. Silence between windows is
+    left out. Spans start on a mel frame, so the frame offsets openai-whisper's word timing reads are exact."""
     packed: list[list[tuple[int, int]]] = []
     current: list[tuple[int, int]] = []
-    for region in regions:
+    for start, end in regions:
+        region = (start // HOP_LENGTH * HOP_LENGTH, end)
         while current and region[1] - current[0][0] > length:
             cut = _longest_pause(current, region, length)
             packed.append(current[:cut])
@@ -82,6 +87,7 @@ class Window:
     mel: Tensor
     language: str | None = None
     result: DecodingResult | None = None
+    cut: int | None = None  # tokens past this are decoded again in the window that follows on (`Batcher._rest`)
 
     @property
     def seek(self) -> int:
@@ -94,6 +100,8 @@ class File:
     index: int
     source: Path | np.ndarray
     windows: list[Window] = field(default_factory=list)
+    samples: np.ndarray | None = None  # kept while windows may still follow on
+    regions: list[tuple[int, int]] = field(default_factory=list)
     duration_s: float = 0.0
     error: UserError | None = None
     done: int = 0  # windows decoded
@@ -123,7 +131,7 @@ def segments(window: Window, tokenizer, first_id: int = 0) -> list[dict]:
     """openai-whisper's segments of one decoded window: split at each pair of consecutive timestamps. Text after
     the last pair stays in a segment that ends where the window's speech ends: the window ends at a pause."""
     result, begin = window.result, tokenizer.timestamp_begin
-    tokens = torch.tensor(result.tokens)
+    tokens = torch.tensor(result.tokens[: window.cut], dtype=torch.long)
     offset, duration = window.start / SAMPLE_RATE, (window.end - window.start) / SAMPLE_RATE
     stamps = tokens.ge(begin)
     cuts = (torch.where(stamps[:-1] & stamps[1:])[0] + 1).tolist()
@@ -151,6 +159,7 @@ class Batcher:
 
     def __init__(self, model: Whisper, batch_size: int):
         self.model, self.batch_size = model, batch_size
+        self.timestamp_begin = get_tokenizer(model.is_multilingual, num_languages=model.num_languages).timestamp_begin
 
     def _options(self, options: DecodeOptions, language: str | None, temperature: float) -> whisper.DecodingOptions:
         search = {"beam_size": options.beam_size} if temperature == 0 else {"best_of": options.best_of}
@@ -187,20 +196,38 @@ class Batcher:
         except UserError as error:
             file.error = error
             return
-        file.duration_s = len(samples) / SAMPLE_RATE
-        for start, end in speech_windows(samples):
-            mel = whisper.log_mel_spectrogram(samples[start:end], self.model.dims.n_mels, padding=N_SAMPLES)[:, :N_FRAMES]
-            file.windows.append(Window(file.index, start, end, mel))
+        file.samples, file.duration_s, file.regions = samples, len(samples) / SAMPLE_RATE, speech_regions(samples)
+        file.windows = [self._window(file, start, end) for start, end in speech_windows(file.regions)]
         language = self._language(file.windows[0], options) if file.windows else (options.language or "en")
         for window in file.windows:
             window.language = language
+
+    def _window(self, file: File, start: int, end: int, language: str | None = None) -> Window:
+        mel = whisper.log_mel_spectrogram(file.samples[start:end], self.model.dims.n_mels, padding=N_SAMPLES)[:, :N_FRAMES]
+        return Window(file.index, start, end, mel, language)
+
+    def _rest(self, file: File, window: Window, options: DecodeOptions) -> Window | None:
+        """A window for what a decode left out: the audio after its last timestamp, where the decoder ended early
+        while the detector hears speech there (openai-whisper seeks to that timestamp and decodes on; a window
+        cut at a pause has nothing else to follow it). Text after that timestamp is left to the new window."""
+        tokens = window.result.tokens
+        stamps = [i for i, t in enumerate(tokens) if t >= self.timestamp_begin]
+        if not stamps or skipped(window.result, options):
+            return None
+        consumed = (tokens[stamps[-1]] - self.timestamp_begin) * SECONDS_PER_TOKEN
+        start = window.start + int(consumed * SAMPLE_RATE) // HOP_LENGTH * HOP_LENGTH
+        speech = sum(max(0, min(end, window.end) - max(begin, start)) for begin, end in file.regions)
+        if consumed <= 0 or (window.end - start) / SAMPLE_RATE < REST_S or speech < SAMPLE_RATE // 2:
+            return None
+        window.cut = stamps[-1] + 1
+        return self._window(file, start, window.end, window.language)
 
     def transcript(self, file: File, options: DecodeOptions) -> Transcript:
         language = file.windows[0].language if file.windows else (options.language or "en")
         tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=options.task)
         found: list[dict] = []
         last_speech = 0.0
-        for window in file.windows:
+        for window in sorted(file.windows, key=lambda w: w.start):
             if skipped(window.result, options):
                 continue
             pieces = segments(window, tokenizer, len(found))
@@ -233,6 +260,7 @@ class Batcher:
                 bar.refresh()
             while pending and pending[0].finished:
                 file = pending.pop(0)
+                file.samples = None
                 if progress and file.error is None:
                     bar.write(f"done: {file.source if isinstance(file.source, Path) else 'array'} ({file.duration_s:.0f} s, {len(file.windows)} windows)")
                 yield file.source, file.error or self.transcript(file, options)
@@ -245,7 +273,12 @@ class Batcher:
             queue = [w for w in queue if not any(w is b for b in batch)]
             self.decode(batch, options)
             for window in batch:
-                pending[window.file - pending[0].index].done += 1
+                file = pending[window.file - pending[0].index]
+                file.done += 1
+                if (rest := self._rest(file, window, options)) is not None:
+                    file.windows.append(rest)
+                    queue.insert(0, rest)
+                    bar.total += 1
             bar.update(len(batch))
         bar.close()
 

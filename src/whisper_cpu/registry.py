@@ -30,7 +30,8 @@ BENCH = "bench"  # `make bench`'s default list: the original experiment
 SCALING = "scaling"  # timed at every thread count and on the long recordings
 BEAM = "beam"  # scored with beam 5 too
 LONGFORM = "longform"  # scored by the long-form accuracy gate
-BATCHED = "batched"  # decodes windows in batches: timed on the long recordings at each batch size
+BATCHED = "batched"  # decodes windows in batches: timed on the long recordings
+SWEPT = "swept"  # timed at every batch size of the sweep, with its peak memory and thread counts
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ for _entry in [
                  decoding.fast, tags=frozenset({BATCHED, LONGFORM})),
     torch_method("fast-qint8-pc-batched", "fast-qint8-pc on the batched pipeline, each batch row's activations quantized on its own scale",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
-                 tags=frozenset({BATCHED, LONGFORM, SCALING})),
+                 tags=frozenset({BATCHED, SWEPT, LONGFORM})),
     torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model,
                  device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH}), original=("gpu", "fp32", "Linear")),
 ]:

@@ -230,13 +230,13 @@ def batched_methods() -> tuple[str, ...]:
 
 
 def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
-    """Long recordings, whole, at the default batch size; on the first one, for the int8 batched methods, the batch
+    """Long recordings, whole, at the default batch size; on the first one, for the methods tagged `swept`, the batch
     sweep, peak memory per batch size and threads 1..cores; then the long-form gate for every method timed."""
     from . import longform
 
     run_id = run_id or results.new_run_id()
     recordings = inputs.longform(opts.manifest)
-    sweep = tuple(m for m in opts.methods if registry.get(m).batched and registry.get(m).arithmetic == "int8")
+    sweep = tuple(m for m in opts.methods if registry.SWEPT in registry.get(m).tags)
     try:
         for recording in recordings:
             _run(replace(opts, batch_sizes=(pipeline.BATCH,)), recording, run_id, log)

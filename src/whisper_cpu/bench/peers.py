@@ -107,14 +107,18 @@ class WhisperCppRunner:
         from . import ggml
 
         self.path, self.threads = ggml.model_file(name, ftype), threads
-        self.batch_size: int | None = None  # processors of `whisper_full_parallel`: equal parts of the audio side by side
+        self.batch_size: int | None = None  # `whisper_full_parallel`: equal parts of the audio side by side, at most one per thread
         self.weights = [self.path]
         self.multilingual = models.multilingual(name)
         self._models: dict[tuple, object] = {}
 
+    @property
+    def processors(self) -> int | None:
+        return min(self.batch_size, self.threads) if self.batch_size else None
+
     def _model(self, options: DecodeOptions):
         """One whisper.cpp context per set of options (its parameters are fixed when the context is made)."""
-        key = (options.__class__(**{**vars(options), "language": None}), self.batch_size)
+        key = (options.__class__(**{**vars(options), "language": None}), self.processors)
         if key not in self._models:
             from pywhispercpp.model import Model
 
@@ -123,7 +127,7 @@ class WhisperCppRunner:
             prompt = {"initial_prompt": options.initial_prompt} if options.initial_prompt else {}  # None is refused
             steps = np.diff(options.temperature)
             self._models[key] = Model(
-                str(self.path), n_threads=max(1, self.threads // (self.batch_size or 1)), temperature=options.temperature[0],
+                str(self.path), n_threads=self.threads // (self.processors or 1), temperature=options.temperature[0],
                 temperature_inc=float(steps[0]) if len(steps) else 0.0, no_context=not options.condition_on_previous_text,
                 logprob_thold=options.logprob_threshold if options.logprob_threshold is not None else -np.inf,
                 no_speech_thold=options.no_speech_threshold if options.no_speech_threshold is not None else 1.0,
@@ -136,7 +140,7 @@ class WhisperCppRunner:
         if options.word_timestamps:
             raise UserError("word timestamps are not wired for the whisper.cpp peer")
         model = self._model(options)
-        segments = model.transcribe(samples_of(source), language=options.language or "auto", n_processors=self.batch_size)
+        segments = model.transcribe(samples_of(source), language=options.language or "auto", n_processors=self.processors)
         tokens = [[0] * pw.whisper_full_n_tokens(model._ctx, i) for i in range(len(segments))]
         segments = [{"start": s.t0 / 100, "end": s.t1 / 100, "text": s.text, "tokens": t} for s, t in zip(segments, tokens)]
         return Transcript("".join(s["text"] for s in segments).strip(), segments, options.language or "")
@@ -175,11 +179,11 @@ for _entry in [
     *(
         Entry(f"faster-whisper-{kind}-batched", FASTER_WHISPER, f"faster-whisper's BatchedInferencePipeline (its Silero VAD, no fallback), {kind}",
               lambda model, threads, compute=compute: FasterWhisperBatchedRunner(model, compute, threads), arithmetic=kind,
-              tags=frozenset({registry.BATCHED, registry.LONGFORM}))
+              tags=frozenset({registry.BATCHED, registry.LONGFORM} | ({registry.SWEPT} if kind == "int8" else set())))
         for kind, compute in (("int8", "int8"), ("fp32", "float32"))
     ),
-    Entry("whisper.cpp-q8_0-parallel", WHISPER_CPP, "whisper.cpp's whisper_full_parallel: the audio cut in `batch size` equal parts, "
-          "one processor each, the threads shared", lambda model, threads: WhisperCppRunner(model, "q8_0", threads),
+    Entry("whisper.cpp-q8_0-parallel", WHISPER_CPP, "whisper.cpp's whisper_full_parallel: the audio cut in equal parts (batch size, at most "
+          "one per thread), one processor each, the threads shared", lambda model, threads: WhisperCppRunner(model, "q8_0", threads),
           unavailable=whispercpp_missing, arithmetic="int8", tags=frozenset({registry.BATCHED})),
 ]:
     register(_entry)
