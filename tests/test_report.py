@@ -142,3 +142,22 @@ def test_peak_share_uses_the_peak_of_each_methods_number_format(csvs):
 def test_tables_of_a_beam_width_the_run_lacks_are_empty_not_errors(csvs):
     timings, accuracy = csvs
     assert tables.fastest_at_equal_accuracy(timings, accuracy, beam=5).empty
+
+
+def test_a_batched_job_leaves_the_window_tables_to_the_window_run_and_gets_its_own(csvs):
+    timings, accuracy = csvs
+    recording = tables.inputs.LONGFORM[0][0]
+    long = pd.DataFrame([
+        {"run_id": "r2", **ENV, "audio_id": recording, "audio_s": 300.0, "model": "base", "method": k, "system": s, "batch_size": b,
+         "threads": t, "repeat": 0, "wall_s": w}
+        for k, s, b, t, w in [("fast-qint8-pc-batched", "whisper_cpu", 8, 2, 10.0), ("faster-whisper-int8-batched", "faster-whisper", 8, 2, 15.0),
+                              ("fast-qint8-pc-batched", "whisper_cpu", 2, 2, 20.0), ("fast-qint8-pc-batched", "whisper_cpu", 8, 1, 15.0),
+                              ("fast-qint8-pc", "whisper_cpu", 1, 2, 30.0), ("fast-qint8-pc", "whisper_cpu", 1, 1, 50.0)]])
+    both = pd.concat([timings, long], ignore_index=True)
+    assert tables.latest_run(both) == "r1"  # the README's window tables stay on the window run
+    table = tables.batched_table(both, pd.DataFrame()).set_index(["method", "batch_size"])
+    assert table.loc[("fast-qint8-pc-batched", 8), "vs_fw_int8_batched"] == 1.5
+    assert table.loc[("fast-qint8-pc-batched", 8), "x_realtime"] == 30.0 and ("fast-qint8-pc", 1) in table.index
+    threads = tables.batched_threads(both).set_index("method")
+    assert threads.loc["fast-qint8-pc-batched", "x real time, 1 thread"] == 20.0 and threads.loc["fast-qint8-pc", "x real time, 2 threads"] == 10.0
+    assert figures.plot_batching(both) is not None

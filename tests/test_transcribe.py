@@ -32,6 +32,18 @@ def test_auto_picks_the_fastest_faithful_method_of_ours(tmp_path):
     assert HERE in why and "1.50 s per 30 s" in why and "run t2" in why and "long recordings" in why
 
 
+def test_auto_ranks_by_the_long_recordings_where_a_faithful_method_was_timed_on_them(tmp_path):
+    path = write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True), ("fast-qint8-pc", 2, 1.0, True),
+                                                     ("fast-qint8-pc-batched", 2, 1.1, True), ("fast-fp32-batched", 2, 2.0, True)])
+    rows = json.loads(path.read_text())
+    long = {"fast-qint8-pc": 1.3, "fast-qint8-pc-batched": 0.5, "fast-fp32-batched": 0.9}
+    for row in rows["choices"]:
+        row |= {"long_s_per_30s": long.get(row["method"]), "long_run": "L"}
+    path.write_text(json.dumps(rows))
+    name, why = transcribe.choose_method("base", 2, path)
+    assert name == "fast-qint8-pc-batched" and "0.50 s per 30 s on long recordings" in why and "run L" in why
+
+
 def test_auto_falls_back_to_fp32_when_no_faster_method_is_faithful(tmp_path):
     path = write_choices(tmp_path / "choices.json", [("fp32", 2, 3.0, True), ("qint8", 2, 1.0, False)])
     assert transcribe.choose_method("base", 2, path)[0] == "fp32"
@@ -86,6 +98,12 @@ def test_choices_need_both_gates_and_take_each_methods_freshest_timing():
     assert not found["fast-qint8"]["faithful"] and "run l1" in found["fast-qint8"]["why"]  # its long-form CI lies above zero
     assert found["qint8"]["faithful"] and found["qint8"]["s_per_30s"] == 1.0  # the t0 row is not what users run
     assert found["fp32"]["faithful"] and found["qint8"]["gated"] and not found["fp32"]["gated"]
+    recording = inputs.LONGFORM[0][0]
+    batched = pd.DataFrame([{**r, "audio_id": recording, "audio_s": 300.0, "batch_size": b}
+                            for b, wall in ((8, 5.0), (2, 1.0)) for r in timing_rows("b", {"fast-qint8": wall})])  # the sweep's 2 is not auto's
+    found = {c["method"]: c for c in tables.choices(pd.concat([timings, batched]), short, long, DECODING)}
+    assert found["fast-qint8"]["long_s_per_30s"] == 0.5 and found["fast-qint8"]["long_run"] == "b" and found["fast-qint8"]["s_per_30s"] == 1.2
+    assert found["qint8"]["long_s_per_30s"] is None
     no_long = {c["method"]: c for c in tables.choices(timings, short, long.iloc[:0], DECODING)}
     assert not no_long["qint8"]["faithful"] and "not measured" in no_long["qint8"]["why"]
 

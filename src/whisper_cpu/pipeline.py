@@ -27,10 +27,9 @@ from whisper.decoding import DecodingResult
 from whisper.model import Whisper
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
-from whisper.utils import compression_ratio
 from tqdm import tqdm
 
-from . import UserError, audio
+from . import UserError
 from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, samples_of
 
 SECONDS_PER_TOKEN = 0.02
@@ -87,7 +86,7 @@ class Window:
     mel: Tensor
     language: str | None = None
     result: DecodingResult | None = None
-    cut: int | None = None  # tokens past this are decoded again in the window that follows on (`Batcher._rest`)
+    cut: int | None = None  # tokens from here on are decoded again by the window that follows on (`Batcher._rest`)
 
     @property
     def seek(self) -> int:

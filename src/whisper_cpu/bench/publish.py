@@ -79,6 +79,19 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             f"\nint8 paths at Whisper's shapes (base), median ms per product, run `{tables.load('kernels').run_id.iloc[-1]}`: "
             "torch.ao's dynamic Linear (fbgemm, deprecated) against the paths meant to survive it:\n\n" + kernels.to_markdown() + "\n"
         )
+    batched = tables.batched_table(timings, longform if longform is not None else pd.DataFrame(), None, tables.load("memory"))
+    if len(batched):
+        run = tables.long_timings(timings)
+        markdown += (
+            f"\nLong recordings timed whole (run `{run.run_id.iloc[0]}`, {machine_label(timings[timings.run_id == run.run_id.iloc[0]])}): "
+            "seconds summed over the recordings (medians over repeats), x real time, faster-whisper's batched int8 time over "
+            "this row's at the same batch size (above 1: this row is faster), WER and its change against openai-whisper's "
+            "sequential fp32 from the long-form gate of the same run, peak memory on the first recording:\n\n"
+            + batched.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+        threads = tables.batched_threads(timings)
+        if len(threads):
+            markdown += "\nThe same on the first recording at each thread count:\n\n" + threads.astype(object).fillna("").to_markdown(index=False) + "\n"
     gate = longform_table(longform) if longform is not None else pd.DataFrame()
     if len(gate):
         markdown += (

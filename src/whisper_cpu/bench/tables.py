@@ -4,7 +4,7 @@ is (its arithmetic, its FLOPs per window) was recorded with the row when it was 
 
 import pandas as pd
 
-from .. import UserError, registry, workspace
+from .. import UserError, pipeline, registry, workspace
 from . import inputs, results
 
 KEYS = ["run_id", "model", "method", "device", "beam_size", "threads", "audio_id"]
@@ -47,7 +47,9 @@ def original_rows() -> list[tuple]:
 
 
 def latest_run(timings: pd.DataFrame) -> str:
-    return timings["run_id"].iloc[-1]
+    """The newest run that timed the window (a batched job times only the long recordings)."""
+    window = timings[~timings.audio_id.isin([name for name, _, _ in inputs.LONGFORM])]
+    return (window if len(window) else timings)["run_id"].iloc[-1]
 
 
 def main_rows(timings: pd.DataFrame, run_id: str | None = None, beam: int | None = None) -> pd.DataFrame:
@@ -269,24 +271,35 @@ def _gate(rows: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> tu
 def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFrame, decoding: str) -> list[dict]:
     """What `--method auto` chooses from: per CPU (model name and instruction sets: int8 kernels differ between
     AVX2 and AVX-512 VNNI, and virtual machines often show only "AMD EPYC"), Whisper model, thread count and
-    method, the freshest greedy timing on one window with the transcriber's decoding, and both accuracy gates
-    (short clips, long recordings pooled) from the newest scoring on the same CPU."""
-    rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding) & (timings.audio_s <= 30)]
-    rows = rows.assign(isa=rows.isa.fillna("")) if "isa" in rows else rows.assign(isa="")
+    method, the freshest greedy timings with the transcriber's decoding, on one window and on the long
+    recordings timed whole (what users transcribe most), and both accuracy gates (short clips, long
+    recordings pooled) from the newest scoring on the same CPU."""
+    rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding)]
+    rows = rows.assign(isa=rows.isa.fillna("") if "isa" in rows else "", long=rows.audio_id.isin([name for name, _, _ in inputs.LONGFORM]),
+                       batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1))
+    rows = rows[~rows.long | rows.batch_size.isin([1, pipeline.BATCH])]
     short = accuracy[(accuracy.language == "en") & (accuracy.beam_size == 1) & (accuracy.decoding == decoding)] if len(accuracy) else accuracy
     long = longform[(longform.audio_id == "all") & (longform.beam_size == 1) & (longform.decoding == decoding)] if len(longform) else longform
     found = []
     for (cpu, isa, model, threads, method), group in rows.groupby(["cpu", "isa", "model", "threads", "method"], sort=False):
         if method not in registry.REGISTRY or not registry.REGISTRY[method].ours:
             continue
-        newest = group[group.run_id == group.run_id.iloc[-1]]
         short_low, short_why = _gate(short, cpu, isa, model, method)
         long_low, long_why = _gate(long, cpu, isa, model, method)
         found.append({"cpu": cpu, "isa": isa, "model": model, "threads": int(threads), "method": method,
-                      "s_per_30s": round(float((newest.wall_s * 30 / newest.audio_s).median()), 3), "timing_run": newest.run_id.iloc[0],
+                      **_speed(group[~group.long], "s_per_30s", "timing_run"), **_speed(group[group.long], "long_s_per_30s", "long_run"),
                       "faithful": faithful(method, short_low, long_low), "gated": bool(pd.notna(short_low) and pd.notna(long_low)),
                       "why": f"short clips: {short_why}; long recordings: {long_why}"})
     return found
+
+
+def _speed(rows: pd.DataFrame, name: str, run: str) -> dict:
+    """Seconds per 30 s of audio in the freshest run that timed these rows (medians over repeats, summed over inputs)."""
+    if not len(rows):
+        return {name: None, run: None}
+    newest = rows[rows.run_id == rows.run_id.iloc[-1]]
+    medians = newest.groupby("audio_id").agg(wall_s=("wall_s", "median"), audio_s=("audio_s", "first"))
+    return {name: round(float(30 * medians.wall_s.sum() / medians.audio_s.sum()), 3), run: newest.run_id.iloc[0]}
 
 
 def kernels_table(kernels: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
@@ -353,3 +366,15 @@ def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | N
         table = table.merge(peak.assign(batch_size=peak.batch_size.astype(int)), on=keys, how="left")
     table["wall_s"] = table.wall_s.round(2)
     return table.drop(columns="recordings")
+
+
+def batched_threads(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """x real time of each method timed at several thread counts on one long recording (batch size 8 where batched)."""
+    medians = long_timings(timings, run_id)
+    if not len(medians) or medians.threads.nunique() < 2:
+        return pd.DataFrame()
+    medians = medians[medians.batch_size.isin([1, pipeline.BATCH])]
+    medians = medians[medians.audio_id == medians[medians.threads == medians.threads.min()].audio_id.iloc[0]]
+    table = medians.assign(x_realtime=(medians.audio_s / medians.wall_s).round(1))
+    table = table.pivot_table(index=["model", "method", "batch_size"], columns="threads", values="x_realtime", sort=False)
+    return table[[t for t in table.columns]].dropna().rename(columns=lambda t: f"x real time, {t} thread{'s' if t > 1 else ''}").reset_index()
