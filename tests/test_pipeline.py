@@ -117,6 +117,14 @@ def test_many_files_come_out_whole_in_order_and_bad_ones_alone(fast_tiny, clips,
     assert "Americans" in out[0][1].text
 
 
+def test_a_file_that_fits_one_window_is_framed_as_openai_whisper_frames_it(tiny, fast_tiny, clips, mirror):
+    for name in ("deepspeech_LDC93S1", "coqui_LJ001-0031"):
+        path = inputs.locate(clips[name])
+        batched = pipeline.BatchedRunner(fast_tiny, []).transcribe(path, ENGLISH)
+        sequential = tiny.transcribe(audio.load(path), language="en", fp16=False)
+        assert [s["tokens"] for s in batched.segments] == [s["tokens"] for s in sequential["segments"]], name
+
+
 def test_word_timestamps_on_the_batched_path(fast_tiny, clips, mirror):
     transcript = pipeline.BatchedRunner(fast_tiny, []).transcribe(inputs.locate(clips["whisper_jfk"]), DecodeOptions(language="en", word_timestamps=True))
     words = [w for s in transcript.segments for w in s["words"]]

@@ -196,7 +196,11 @@ class Batcher:
             file.error = error
             return
         file.samples, file.duration_s, file.regions = samples, len(samples) / SAMPLE_RATE, speech_regions(samples)
-        file.windows = [self._window(file, start, end) for start, end in speech_windows(file.regions)]
+        if len(samples) <= N_SAMPLES:  # one window: nothing to cut, so framed exactly as openai-whisper frames it
+            mel = whisper.log_mel_spectrogram(samples, self.model.dims.n_mels, padding=N_SAMPLES)
+            file.windows = [Window(file.index, 0, len(samples), whisper.pad_or_trim(mel[:, : mel.shape[-1] - N_FRAMES], N_FRAMES))]
+        else:
+            file.windows = [self._window(file, start, end) for start, end in speech_windows(file.regions)]
         language = self._language(file.windows[0], options) if file.windows else (options.language or "en")
         for window in file.windows:
             window.language = language
