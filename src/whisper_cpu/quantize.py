@@ -49,7 +49,8 @@ class RowScaledLinear(nn.Module):
     one window's large activation would coarsen the others' and change their words with the batch. Here each
     row is divided by its largest magnitude first (a row of 1 and -1 appended pins the tensor's range to
     [-1, 1]) and the output rows multiplied back: symmetric per-row scales, as CTranslate2 quantizes its inputs.
-    A single row takes the plain path, so one-window greedy decoding is exactly what it was.
+    An input of one window (one file decoded alone, sequential decoding) takes the plain path: that decoding is
+    exactly what it was before batches existed.
     """
 
     def __init__(self, linear: "nnqd.Linear"):
@@ -62,7 +63,7 @@ class RowScaledLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] == 1:
+        if x.shape[0] == 1:  # one window (its prompt, its audio's keys/values, its token): fbgemm's own scale, as before
             return self.inner(x) + self.bias
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-30)
         y = self.inner(torch.cat([rows / scale, self.pins]))[:-1]
