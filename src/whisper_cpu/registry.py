@@ -123,7 +123,7 @@ for _entry in [
 ]:
     register(_entry)
 
-DEFAULT = "fast-qint8-pc-batched"  # `transcribe --method auto` where this CPU has no measurements: faithful in both gates for tiny.en and base (README)
+DEFAULT = "fast-qint8-pc"  # `transcribe --method auto` where this CPU has no measurements: faithful in both gates for tiny.en and base (README)
 
 
 def get(name: str) -> Entry:

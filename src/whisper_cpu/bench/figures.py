@@ -209,8 +209,8 @@ def plot_batching(timings: pd.DataFrame, memory: pd.DataFrame | None = None):
         style = dict(color=colour(system), linestyle=lines[model], marker="o" if "batched" in method else "s")
         if group.batch_size.nunique() > 1:
             speed.plot(group.batch_size, group.audio_s / group.wall_s, label=f"{model} {method}", **style)
-        else:  # a sequential path: its level, for reference
-            speed.axhline(float(group.audio_s.iloc[0] / group.wall_s.iloc[0]), label=f"{model} {method} (sequential)", alpha=0.6,
+        else:  # timed at one batch size only (1: a sequential path): its level, for reference
+            speed.axhline(float(group.audio_s.iloc[0] / group.wall_s.iloc[0]), label=f"{model} {method} (batch {group.batch_size.iloc[0]} only)", alpha=0.6,
                           color=style["color"], linestyle=style["linestyle"], linewidth=1)
     speed.set_xscale("log", base=2)
     speed.set_xlabel("batch size (windows decoded together)")
@@ -225,7 +225,7 @@ def plot_batching(timings: pd.DataFrame, memory: pd.DataFrame | None = None):
         peak.legend(fontsize=6)
     peak.set_xlabel("batch size")
     peak.set_ylabel("peak resident memory, MB")
-    fig.suptitle(f"Batched decoding of {recording} ({rows.audio_s.iloc[0]:.0f} s): run {rows.run_id.iloc[0]}\n{machine_label(timings[timings.run_id == rows.run_id.iloc[0]])}",
+    fig.suptitle(f"Batched decoding of {recording} ({rows.audio_s.iloc[0]:.0f} s): run {rows.run_id.iloc[0]}\n{machine_label(timings[(timings.run_id == rows.run_id.iloc[0]) & (timings.threads == rows.threads.max())])}",
                  fontsize=9)
     return fig
 

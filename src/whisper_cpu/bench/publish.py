@@ -82,8 +82,9 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
     batched = tables.batched_table(timings, longform if longform is not None else pd.DataFrame(), None, tables.load("memory"))
     if len(batched):
         run = tables.long_timings(timings)
+        rows = timings[timings.run_id == run.run_id.iloc[0]]
         markdown += (
-            f"\nLong recordings timed whole (run `{run.run_id.iloc[0]}`, {machine_label(timings[timings.run_id == run.run_id.iloc[0]])}): "
+            f"\nLong recordings timed whole (run `{run.run_id.iloc[0]}`, {machine_label(rows[rows.threads == rows.threads.max()])}): "
             "seconds summed over the recordings (medians over repeats), x real time, faster-whisper's batched int8 time over "
             "this row's at the same batch size (above 1: this row is faster), WER and its change against openai-whisper's "
             "sequential fp32 from the long-form gate of the same run, peak memory on the first recording:\n\n"

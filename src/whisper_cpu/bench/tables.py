@@ -377,4 +377,4 @@ def batched_threads(timings: pd.DataFrame, run_id: str | None = None) -> pd.Data
     medians = medians[medians.audio_id == medians[medians.threads == medians.threads.min()].audio_id.iloc[0]]
     table = medians.assign(x_realtime=(medians.audio_s / medians.wall_s).round(1))
     table = table.pivot_table(index=["model", "method", "batch_size"], columns="threads", values="x_realtime", sort=False)
-    return table[[t for t in table.columns]].dropna().rename(columns=lambda t: f"x real time, {t} thread{'s' if t > 1 else ''}").reset_index()
+    return table[sorted(table.columns)].dropna().rename(columns=lambda t: f"x real time, {t} thread{'s' if t > 1 else ''}").reset_index()
