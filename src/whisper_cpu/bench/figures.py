@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import registry
+from . import inputs
 from .tables import (PUBLISHED_CPU, _ratio, compare, headline, latest_run, long_timings, longform_table, main_rows, pareto_front,
                      speed_accuracy, summary)
 
@@ -135,6 +136,8 @@ def plot_thread_scaling(timings: pd.DataFrame, run_id: str | None = None):
 
 def plot_memory(memory: pd.DataFrame):
     """Peak resident memory and weights on disk per configuration (None until memory is measured)."""
+    if memory is not None and len(memory):  # the batched job's memory per batch size is in the batching figure
+        memory = memory[~memory.audio_id.isin([name for name, _, _ in inputs.LONGFORM])]
     if memory is None or memory.empty:
         return None
     table = memory[memory.run_id == memory.run_id.iloc[-1]]
