@@ -38,6 +38,14 @@ BATCH = 8  # windows per batch where memory allows: on 2 cores base gains little
 SILENCE = 1e-4  # peak absolute amplitude below which a file holds no signal at all
 
 
+def read(source: Path | np.ndarray) -> np.ndarray:
+    """The samples of a file or array; one that holds no signal is refused in one line."""
+    samples = samples_of(source)
+    if not len(samples) or np.abs(samples).max() < SILENCE:
+        raise UserError("no signal (silence)")
+    return samples
+
+
 def speech_regions(samples: np.ndarray, length: int = N_SAMPLES) -> list[tuple[int, int]]:
     """Silero's speech regions in samples, padded by 0.4 s, split at a pause where one runs longer than a window."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
@@ -189,9 +197,7 @@ class Batcher:
     def _open(self, file: File, options: DecodeOptions) -> None:
         """Read a file and cut it into windows; a file that cannot be read carries its error instead."""
         try:
-            samples = samples_of(file.source)
-            if not len(samples) or np.abs(samples).max() < SILENCE:
-                raise UserError("no signal (silence)")
+            samples = read(file.source)
         except UserError as error:
             file.error = error
             return

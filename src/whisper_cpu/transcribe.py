@@ -14,13 +14,11 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from whisper.utils import get_writer
 
-from . import UserError, audio, machine, registry, workspace
-from .pipeline import SILENCE
+from . import UserError, machine, pipeline, registry, workspace
 from .runner import DecodeOptions, Runner
 
 FORMATS = ("txt", "srt", "vtt", "json", "tsv", "all")
@@ -101,10 +99,7 @@ def _sequential(runner: Runner, paths: list[Path], decoding: DecodeOptions):
     """(path, transcript or its error) one file at a time, as the batched runners' `many` gives them."""
     for path in paths:
         try:
-            samples = audio.load(path)
-            if np.abs(samples).max() < SILENCE:
-                raise UserError("no signal (silence)")
-            yield path, runner.transcribe(samples, decoding, progress=True)
+            yield path, runner.transcribe(pipeline.read(path), decoding, progress=True)
         except UserError as error:
             yield path, error
 
