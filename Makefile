@@ -13,16 +13,20 @@ RUN_FLAGS = --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) $(if $(BEAM
 
 ALL_METHODS ?=
 ALL_REPEATS ?= 3
+SIZE_MODELS ?=
 # whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only); the rpath lets its extension find its own libraries.
 WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
 
-.PHONY: bench bench-all bench-batch accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
+.PHONY: bench bench-all bench-batch bench-sizes test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
 bench: venv models audio ## time MODELS x METHODS (default: the original's) on the ~30 s real-speech window
 	$(PY) -m whisper_cpu bench $(RUN_FLAGS) --repeats $(REPEATS)
 
 bench-all: venv models audio whispercpp ## the full matrix in one run: peak, every method and peer greedy and beam 5, threads, memory, both accuracy gates
 	$(PY) -m whisper_cpu bench --all --models $(MODELS) $(if $(ALL_METHODS),--methods $(ALL_METHODS)) --repeats $(ALL_REPEATS) $(if $(BEAM),--beam-size $(BEAM))
+
+bench-sizes: venv models audio ## the original's four sizes (random weights where real ones are missing: timing only) on forced decoder steps, peers on the same weights, memory; GPU methods where CUDA exists
+	$(PY) -m whisper_cpu bench --sizes $(if $(SIZE_MODELS),--models $(SIZE_MODELS)) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)
 
 bench-batch: venv models audio ## long recordings whole: batched methods and peers beside the sequential ones, batch sweep, memory, threads, long-form gate
 	$(PY) -m whisper_cpu bench --batched --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)
@@ -41,6 +45,9 @@ compare: venv ## our speedups beside the published ones
 
 test: venv $(VENV)/.models whispercpp system-deps ## the test suite (tiny.en, short clips)
 	$(PY) -m pytest -q
+
+test-sizes: venv $(VENV)/.models ## large-v3 and turbo (random weights) through every one of our methods: tens of minutes on 2 cores
+	$(PY) -m pytest -q -m sizes tests/test_sizes.py
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml

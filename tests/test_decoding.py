@@ -9,7 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from whisper.decoding import ApplyTimestampRules
 from whisper.tokenizer import get_tokenizer
 
-from whisper_cpu import audio, decoding, models, quantize, registry
+from whisper_cpu import audio, decoding, models, quantize, registry, runner
+from whisper_cpu.runner import DecodeOptions
 from whisper_cpu.bench import inputs, peak, results
 
 CLIPS = ["whisper_jfk", "deepspeech_LDC93S1", "leopard_test", "coqui_LJ001-0007"]
@@ -159,3 +160,23 @@ def test_fast_methods_pass_openai_whispers_word_timestamp_test(name, tiny, clips
         expected = [w for s in tiny.transcribe(samples, language="en", temperature=0.0, word_timestamps=True, fp16=False)["segments"] for w in s["words"]]
         assert [w["word"] for w in words] == [w["word"] for w in expected]
         assert max(abs(a[k] - b[k]) for a, b in zip(words, expected) for k in ("start", "end")) <= 0.02
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_decoder_gives_openai_whispers_tokens_on_every_device(device):
+    """Timing-only weights, so that the check runs where no real checkpoint can be carried (a lent GPU machine)."""
+    reference = models.load_model("tiny:random").to(device)
+    fast = decoding.fast(copy.deepcopy(reference))
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, audio.SAMPLE_RATE * 30).astype(np.float32))
+    mel = torch.stack([whisper.log_mel_spectrogram(noise * gain, 80) for gain in (1.0, 0.3)]).to(device)
+    eot = get_tokenizer(True, num_languages=reference.num_languages).eot
+    cases = [(mel, whisper.DecodingOptions(language="en", fp16=False, sample_len=24)),
+             (mel[:1], whisper.DecodingOptions(language="en", beam_size=5, without_timestamps=True, fp16=False, sample_len=24)),  # openai-whisper's beam search takes one window
+             (mel, runner.forced_options(reference, DecodeOptions(language="en"), 24))]
+    for windows, options in cases:
+        expected, got = reference.decode(windows, options), fast.decode(windows, options)
+        assert [r.tokens for r in got] == [r.tokens for r in expected]
+    assert all(len(r.tokens) == 24 and eot not in r.tokens for r in got)

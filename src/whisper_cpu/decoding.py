@@ -248,7 +248,7 @@ class FastDecodingTask(DecodingTask):
         sum_logprobs = torch.zeros(tokens.shape[0], device=audio_features.device)
         no_speech_probs = [np.nan] * tokens.shape[0]
         shrink = isinstance(self.decoder, GreedyDecoder) and self.n_group == 1 and tokens.shape[0] > 1
-        rows, ended = torch.arange(tokens.shape[0]), {}
+        rows, ended = torch.arange(tokens.shape[0], device=tokens.device), {}
         try:
             for i in range(self.sample_len):
                 if i == 0:

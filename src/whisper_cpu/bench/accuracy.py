@@ -124,6 +124,7 @@ def transcripts_path(run_id: str, decoding: DecodeOptions) -> Path:
 
 def run(opts: Options, run_id: str | None = None, log=print) -> str:
     """Transcribe every available clip with every model x method (fp32 always, as the baseline)."""
+    models.refuse_random(opts.models)
     run_id = run_id or results.new_run_id()
     threads = opts.threads or machine.default_threads()
     torch.set_num_threads(threads)

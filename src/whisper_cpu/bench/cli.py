@@ -32,11 +32,22 @@ def _check(method_names, model_names, resume=None) -> None:
 
 
 def cmd_bench(args) -> None:
-    default = tuple(registry.REGISTRY) if args.all else harness.batched_methods() if args.batched else registry.tagged(registry.BENCH)
-    opts = harness.Options(models=tuple(args.models), methods=tuple(args.methods or default), repeats=args.repeats, decoding=_decoding(args),
+    default = (tuple(registry.REGISTRY) if args.all else harness.batched_methods() if args.batched else
+               registry.tagged(registry.SIZES) if args.sizes else registry.tagged(registry.BENCH))
+    model_names = args.models or (harness.size_models() if args.sizes else DEFAULT_MODELS)
+    opts = harness.Options(models=tuple(model_names), methods=tuple(args.methods or default), repeats=args.repeats, decoding=_decoding(args),
                            threads=args.threads or harness.machine.default_threads(), batch_sizes=tuple(args.batch_sizes or ()),
-                           manifest=args.manifest)
+                           manifest=args.manifest, forced=args.forced, memory=not args.skip_memory)
     _check(opts.methods, opts.models, args.resume)
+    if args.sizes:
+        run_id = harness.run_sizes(opts, run_id=args.resume)
+        print(f"\nrun {run_id}: the original's sizes, {harness.FORCED if not args.forced else args.forced} forced decoder steps on the window "
+              "(timing only: random weights are labelled so); medians over repeats")
+        forced = tables.load_forced()
+        for table in (tables.sizes_table(forced, tables.published(), run_id, tables.load("memory")), tables.gpu_table(forced, tables.published(), run_id)):
+            if len(table):
+                print(table.astype(object).fillna("").to_string(index=False))
+        return
     if args.all:
         run_id = harness.run_all(opts, run_id=args.resume)
     elif args.batched:
@@ -74,7 +85,7 @@ def _percent(table: pd.DataFrame, columns) -> pd.DataFrame:
 
 
 def cmd_accuracy(args) -> None:
-    opts = accuracy.Options(models=tuple(args.models), methods=tuple(args.methods or registry.tagged(registry.BENCH)),
+    opts = accuracy.Options(models=tuple(args.models or DEFAULT_MODELS), methods=tuple(args.methods or registry.tagged(registry.BENCH)),
                             decoding=_decoding(args), threads=args.threads or 0, manifest=args.manifest, audio_dir=args.audio_dir)
     _check((*opts.methods, "fp32"), opts.models, args.resume)
     run_id = accuracy.run(opts, run_id=args.resume)
@@ -87,7 +98,7 @@ def cmd_accuracy(args) -> None:
 
 
 def cmd_longform(args) -> None:
-    opts = longform.Options(models=tuple(args.models), methods=tuple(args.methods or registry.tagged(registry.LONGFORM)),
+    opts = longform.Options(models=tuple(args.models or DEFAULT_MODELS), methods=tuple(args.methods or registry.tagged(registry.LONGFORM)),
                             decoding=_decoding(args), threads=args.threads or 0, manifest=args.manifest)
     _check((*opts.methods, "fp32"), opts.models, args.resume)
     run_id = longform.run(opts, run_id=args.resume)
@@ -103,7 +114,7 @@ def cmd_longform(args) -> None:
 def cmd_report(args) -> None:
     timings, scores, reference = tables.load_timings(), tables.load_accuracy(), tables.published()
     folder = publish.workspace.get().figures
-    for path in figures.write_figures(timings, scores, reference, folder, tables.load("memory"), tables.load_longform()):
+    for path in figures.write_figures(timings, scores, reference, folder, tables.load_memory(), tables.load_longform()):
         print(f"figure: {path}")
     publish.update_readme(publish.readme(), publish.readme_table(timings, scores, reference, tables.load("peak"), tables.load_longform()))
     print("README.md: results section regenerated")
@@ -125,7 +136,7 @@ def cmd_peak(args) -> None:
 
 
 def cmd_memory_probe(args) -> None:
-    print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language, args.batch_size)))
+    print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language, args.batch_size, args.forced)))
 
 
 def cmd_audio(args) -> None:
@@ -141,8 +152,12 @@ def cmd_audio(args) -> None:
         print(f"long recording: {recording.path} ({recording.duration_s:.1f} s, {len(recording.parts)} clips)")
 
 
+DEFAULT_MODELS = ("tiny.en", "base")
+
+
 def _run_flags(parser: argparse.ArgumentParser, methods_tag: str) -> None:
-    parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"default: {' '.join(DEFAULT_MODELS)}; NAME:random for the official shapes with random weights (timing only)")
     parser.add_argument("--methods", nargs="+", default=None,
                         help=METHODS_HELP.format(" ".join(registry.tagged(methods_tag)), ", ".join(registry.REGISTRY)))
     parser.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
@@ -162,6 +177,11 @@ def add_commands(sub) -> None:
                    "replace: batch-size sweep, memory per batch size, threads, long-form gate")
     b.add_argument("--manifest", type=Path, default=None, help="--batched: long recordings joined from this manifest's English clips")
     b.add_argument("--batch-sizes", type=int, nargs="+", help=f"batch sizes of the sweep (default: {' '.join(map(str, harness.SWEEP))})")
+    b.add_argument("--sizes", action="store_true", help="the original's four sizes (real weights where present, else random, timing "
+                   "only) on forced decoder steps, with peak memory; GPU methods where CUDA exists")
+    b.add_argument("--skip-memory", action="store_true", help="--sizes: no peak-memory probes (each loads the model again)")
+    b.add_argument("--forced", type=int, default=None, metavar="STEPS", help="time the window alone with exactly STEPS decoder steps "
+                   f"(end of text suppressed): the same work whatever the weights (--sizes: {harness.FORCED})")
     b.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("accuracy", help="WER of models x methods on the real-speech clips of a manifest")
@@ -200,4 +220,5 @@ def add_commands(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--language", default="en")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--forced", type=int, default=None)
     p.set_defaults(func=cmd_memory_probe)

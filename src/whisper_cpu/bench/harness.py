@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .. import UserError, machine, models, pipeline, registry, workspace
 from ..audio import SAMPLE_RATE, load
-from ..runner import DecodeOptions, spoken
+from ..runner import FORCED, DecodeOptions, spoken
 from . import inputs, peak, results
 
 CONTENDED = 0.10  # share of the machine's CPU time used by others above which a repeat is rerun
@@ -79,13 +79,21 @@ class Options:
     warmup: bool = True
     batch_sizes: tuple[int, ...] = ()  # for batched methods (default: pipeline.BATCH)
     manifest: Path | None = None  # the long recordings' clips (default: the dev manifest)
+    forced: int | None = None  # time the window alone with exactly this many decoder steps (any weights, random ones too)
+    memory: bool = True  # peak memory of each configuration, each in a process of its own
+
+    @property
+    def tag(self) -> str:
+        """The `decoding` column: the options' tag, or the forced step count."""
+        return f"forced{self.forced}" if self.forced else self.decoding.tag
 
 
 def plan(opts: Options) -> tuple[list[tuple[str, str]], list[str]]:
     """(model, method) pairs that can run here, and a note for each method that cannot."""
     entries = [registry.get(name) for name in opts.methods]
-    notes = [f"note: {e.name} skipped: {reason}" for e in entries if (reason := e.unavailable())]
-    return [(m, e.name) for m in opts.models for e in entries if not e.unavailable()], notes
+    reasons = {e.name: e.unavailable() or (e.unforced if opts.forced else None) for e in entries}
+    notes = [f"note: {name} skipped: {reason}" for name, reason in reasons.items() if reason]
+    return [(m, e.name) for m in opts.models for e in entries if not reasons[e.name]], notes
 
 
 def check_resume(run_id: str | None) -> None:
@@ -98,8 +106,9 @@ def _done(run_id: str, decoding: str) -> dict[tuple, int]:
     if rows.empty:
         return {}
     rows = rows[(rows.run_id == run_id) & (rows.get("decoding", "") == decoding)]
-    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int))
-    return rows.groupby(["model", "method", "audio_id", "threads", "beam_size", "batch_size"]).size().to_dict()
+    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int),
+                       weights=rows.get("weights", pd.Series("real", index=rows.index)).fillna("real"))
+    return rows.groupby(["model", "weights", "method", "audio_id", "threads", "beam_size", "batch_size"]).size().to_dict()
 
 
 def window_gflop(model: str, window_tokens: int, beam: int) -> tuple[float, float]:
@@ -127,13 +136,13 @@ def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
     if not clip.real:
         log(f"note: no real speech here; timing the synthesized clip {clip.id} instead")
     beam = opts.decoding.beam_size or 1
-    done = _done(run_id, opts.decoding.tag)
+    done = _done(run_id, opts.tag)
     samples = load(clip.path)
     sizes = {name: (opts.batch_sizes or (pipeline.BATCH,)) if registry.get(name).batched else (1,) for _, name in pairs}
     bar = tqdm(total=sum(len(sizes[name]) for _, name in pairs) * opts.repeats, desc=f"bench {run_id}", unit="run")
     for model_name, method_name in pairs:
-        entry = registry.get(method_name)
-        finished = {size: done.get((model_name, method_name, clip.id, opts.threads, beam, size), 0) for size in sizes[method_name]}
+        entry, (model, weights) = registry.get(method_name), models.split(model_name)
+        finished = {size: done.get((model, weights, method_name, clip.id, opts.threads, beam, size), 0) for size in sizes[method_name]}
         bar.update(sum(min(n, opts.repeats) for n in finished.values()))
         if all(n >= opts.repeats for n in finished.values()):
             continue
@@ -145,8 +154,8 @@ def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
         for size in sizes[method_name]:
             if entry.batched:
                 runner.batch_size = size
-            row = {"run_id": run_id, **env, "system": entry.system.name, "model": model_name, "method": method_name,
-                   "arithmetic": entry.arithmetic, "device": entry.device, "beam_size": beam, "decoding": opts.decoding.tag,
+            row = {"run_id": run_id, **env, "system": entry.system.name, "model": model, "weights": weights, "method": method_name,
+                   "arithmetic": entry.arithmetic, "device": entry.device, "beam_size": beam, "decoding": opts.tag,
                    "batch_size": size, "audio_id": clip.id, "audio_s": round(clip.duration_s, 3),
                    "load_s": round(load_s, 4)}
             _time(opts, runner, clip, samples, decoding, finished[size], row, bar)
@@ -156,6 +165,8 @@ def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
 
 def _time(opts: Options, runner, clip: inputs.Input, samples, decoding: DecodeOptions, finished: int, row: dict, bar) -> None:
     """The repeats of one configuration (after a warm-up), each rerun while other processes took the CPU."""
+    if opts.forced:
+        return _time_forced(opts, runner, samples, decoding, finished, row, bar)
     if opts.warmup and finished < opts.repeats:
         runner.transcribe(samples[: 30 * SAMPLE_RATE], decoding)
     for repeat in range(finished, opts.repeats):
@@ -165,7 +176,7 @@ def _time(opts: Options, runner, clip: inputs.Input, samples, decoding: DecodeOp
             if not probe.contended():
                 break
         encoder_s, decoder_s, window_tokens = runner.split_times(samples, decoding)
-        encoder_gflop, decoder_gflop = window_gflop(row["model"], window_tokens, row["beam_size"])
+        encoder_gflop, decoder_gflop = window_gflop(_spec(row), window_tokens, row["beam_size"])
         results.append("timings", [{
             **row, "timestamp": results.now(), "repeat": repeat,
             "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
@@ -177,20 +188,50 @@ def _time(opts: Options, runner, clip: inputs.Input, samples, decoding: DecodeOp
         bar.update(1)
 
 
+def _spec(row: dict) -> str:
+    return f"{row['model']}:{models.RANDOM}" if row["weights"] == models.RANDOM else row["model"]
+
+
+def _time_forced(opts: Options, runner, samples, decoding: DecodeOptions, finished: int, row: dict, bar) -> None:
+    """The window alone, mel to last forced step: the same work for every method and size, whatever the weights."""
+    if opts.warmup and finished < opts.repeats:
+        runner.split_times(samples, decoding, forced=opts.forced)
+    for repeat in range(finished, opts.repeats):
+        for attempt in range(1, opts.retries + 2):
+            with Probe() as probe:
+                encoder_s, decoder_s, tokens = runner.split_times(samples, decoding, forced=opts.forced)
+            if not probe.contended():
+                break
+        encoder_gflop, decoder_gflop = window_gflop(_spec(row), tokens, row["beam_size"])
+        results.append("timings", [{
+            **row, "timestamp": results.now(), "repeat": repeat,
+            "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
+            "window_tokens": tokens, "encoder_gflop": encoder_gflop, "decoder_gflop": decoder_gflop, "tokens": tokens,
+            "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt, "transcript": "",
+        }])
+        bar.update(1)
+
+
 def _status_mb(field: str) -> float:
     line = next(l for l in open("/proc/self/status") if l.startswith(f"{field}:"))
     return int(line.split()[1]) / 1024
 
 
-def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str, batch_size: int = 1) -> dict:
-    """Meant for a fresh process: resident memory before and after loading, and the peak over one transcribe."""
+def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str, batch_size: int = 1,
+                 forced: int | None = None) -> dict:
+    """Meant for a fresh process: resident memory before and after loading, and the peak over one transcribe (over one
+    forced window with `forced`)."""
     torch.set_num_threads(threads)
     start = _status_mb("VmRSS")
     runner = registry.get(method_name).load(model_name, threads)
     if registry.get(method_name).batched:
         runner.batch_size = batch_size
     loaded = _status_mb("VmRSS")
-    runner.transcribe(path, DecodeOptions(language=spoken(runner, language)))
+    options = DecodeOptions(language=spoken(runner, language))
+    if forced:
+        runner.split_times(load(path), options, forced=forced)
+    else:
+        runner.transcribe(path, options)
     return {
         "rss_start_mb": round(start, 1), "model_rss_mb": round(loaded - start, 1),
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
@@ -205,19 +246,28 @@ def measure_memory(opts: Options, clip: inputs.Input, run_id: str) -> None:
     configs = [(m, k, b) for m, k in pairs for b in ((opts.batch_sizes or (pipeline.BATCH,)) if registry.get(k).batched else (1,))]
     env = results.environment(opts.threads)
     rows = results.read("memory")
-    mine = rows[(rows.run_id == run_id) & (rows.audio_id == clip.id)] if len(rows) else rows
-    done = set(zip(mine.model, mine.method, mine.get("batch_size", pd.Series(1, index=mine.index)).fillna(1).astype(int))) if len(mine) else set()
+    if len(rows):
+        rows = rows.assign(decoding=rows.get("decoding", pd.Series(DecodeOptions().tag, index=rows.index)).fillna(DecodeOptions().tag),
+                           weights=rows.get("weights", pd.Series("real", index=rows.index)).fillna("real"),
+                           batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int))
+        mine = rows[(rows.run_id == run_id) & (rows.audio_id == clip.id) & (rows.decoding == opts.tag)]
+        done = {(_spec(r), r["method"], r["batch_size"]) for r in mine.to_dict("records")}
+    else:
+        done = set()
     for model_name, method_name, size in tqdm([c for c in configs if c not in done], desc="memory", unit="config"):
         child = subprocess.run(
             [sys.executable, "-m", "whisper_cpu", "--workspace", str(workspace.get().home), "memory-probe", model_name, method_name,
-             str(clip.path), "--threads", str(opts.threads), "--language", clip.language, "--batch-size", str(size)],
+             str(clip.path), "--threads", str(opts.threads), "--language", clip.language, "--batch-size", str(size),
+             *(["--forced", str(opts.forced)] if opts.forced else [])],
             capture_output=True, text=True,
         )
         if child.returncode != 0:
             tqdm.write(f"note: memory of {model_name} {method_name} not measured: {(child.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
-        results.append("memory", [{"run_id": run_id, "timestamp": results.now(), **env, "model": model_name, "method": method_name,
-                                   "system": registry.get(method_name).system.name, "audio_id": clip.id, "batch_size": size,
+        model, weights = models.split(model_name)
+        results.append("memory", [{"run_id": run_id, "timestamp": results.now(), **env, "model": model, "weights": weights,
+                                   "method": method_name, "system": registry.get(method_name).system.name, "audio_id": clip.id,
+                                   "decoding": opts.tag, "batch_size": size,
                                    **json.loads(child.stdout.splitlines()[-1])}])
 
 
@@ -246,6 +296,32 @@ def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
             _run(replace(opts, methods=sweep, threads=threads, batch_sizes=(pipeline.BATCH,)), recordings[0], run_id, log)
         longform.run(longform.Options(models=opts.models, methods=opts.methods, decoding=opts.decoding, threads=opts.threads,
                                       manifest=opts.manifest), run_id, log)
+    except KeyboardInterrupt:
+        raise Interrupted(run_id) from None
+    return run_id
+
+
+SIZES = ("tiny", "base", "small", "medium")  # the original's table
+
+
+def size_models(sizes: tuple[str, ...] = SIZES) -> tuple[str, ...]:
+    """Each size on real weights where this machine has them, else on timing-only ones; a size that has both is timed on
+    both, which checks that random weights time as real ones do."""
+    here = models.available_here()
+    real = tuple(name for name in sizes if name in here)
+    return (*real, *(f"{name}:{models.RANDOM}" for name in sizes))
+
+
+def run_sizes(opts: Options, run_id: str | None = None, log=print) -> str:
+    """The original's table: every size on the window, exactly `opts.forced` decoder steps (end of text suppressed), so
+    random weights do the work real ones do; then peak memory per size and method, each in its own process."""
+    run_id = run_id or results.new_run_id()
+    opts = replace(opts, forced=opts.forced or FORCED)
+    window = inputs.window()
+    try:
+        _run(opts, window, run_id, log)
+        if opts.memory:  # resident memory of the process: the CPU methods' (a GPU's memory is another matter)
+            measure_memory(replace(opts, methods=tuple(m for m in opts.methods if registry.get(m).device == "cpu")), window, run_id)
     except KeyboardInterrupt:
         raise Interrupted(run_id) from None
     return run_id

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import machine, registry, workspace
+from .. import machine, models, registry, workspace
 from ..runner import DecodeOptions
 from . import inputs, results
 from .accuracy import bootstrap_delta, normalize
@@ -144,6 +144,7 @@ def score(records: list[dict], recordings: list[inputs.Input]) -> list[dict]:
 
 def run(opts: Options, run_id: str | None = None, log=print) -> str:
     """Transcribe the long recordings with every model x method (fp32 always, as the baseline) and score them."""
+    models.refuse_random(opts.models)
     run_id = run_id or results.new_run_id()
     threads = opts.threads or machine.default_threads()
     torch.set_num_threads(threads)

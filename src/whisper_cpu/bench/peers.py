@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import UserError, audio, models, registry
+from . import ct2
 from ..registry import Entry, System, register
 from ..runner import DecodeOptions, Transcript, fallback_windows, samples_of
 
@@ -22,21 +23,11 @@ FASTER_WHISPER = System("faster-whisper", "tab:orange")
 WHISPER_CPP = System("whisper.cpp", "tab:green")
 
 
-def ct2_model_dir(name: str) -> Path:
-    """The CTranslate2 directory holding the same weights as our openai-whisper checkpoint."""
-    path = Path(name)
-    if path.is_dir() and (path / "model.bin").exists():
-        return path
-    if name not in models.OFFLINE_PACKAGES:
-        raise UserError(f"faster-whisper needs a CTranslate2 directory for '{name}': pass its path as the model")
-    return models.ct2_dir(name)
-
-
 class FasterWhisperRunner:
     def __init__(self, name: str, compute_type: str, threads: int):
         from faster_whisper import WhisperModel
 
-        folder = ct2_model_dir(name)
+        folder = ct2.model_dir(name)
         self.model = WhisperModel(str(folder), device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1)
         self.weights = [folder / "model.bin"]
         self.multilingual = self.model.model.is_multilingual
@@ -54,19 +45,26 @@ class FasterWhisperRunner:
                      **({"words": [asdict(w) for w in s.words]} if s.words else {})} for s in segments]
         return Transcript("".join(s["text"] for s in segments).strip(), segments, info.language, fallback_windows(segments))
 
-    def split_times(self, samples, options: DecodeOptions) -> tuple[float, float, int]:
+    def split_times(self, samples, options: DecodeOptions, forced: int | None = None) -> tuple[float, float, int]:
+        """`forced`: as ours, greedy, end of text suppressed, no timestamps; CTranslate2 samples at most `max_length // 2`
+        tokens (openai-whisper's `n_text_ctx // 2` default, seen here), so twice the steps are asked for."""
         from faster_whisper.tokenizer import Tokenizer
 
         window = np.pad(samples[: audio.SAMPLE_RATE * 30], (0, max(0, audio.SAMPLE_RATE * 30 - len(samples))))
         features = self.model.feature_extractor(window)[:, : self.model.feature_extractor.nb_max_frames]
         tokenizer = Tokenizer(self.model.hf_tokenizer, self.multilingual, task=options.task, language=options.language)
+        prompt = [*tokenizer.sot_sequence, *([tokenizer.no_timestamps] if forced else [])]
+        search = (dict(beam_size=1, max_length=2 * forced, suppress_tokens=[-1, tokenizer.eot]) if forced else
+                  dict(beam_size=options.beam_size or 1, max_length=448, suppress_tokens=[-1]))
         start = time.perf_counter()
         encoded = self.model.encode(features)
         encoder_s = time.perf_counter() - start
         start = time.perf_counter()
-        (result,) = self.model.model.generate(encoded, [list(tokenizer.sot_sequence)], beam_size=options.beam_size or 1,
-                                              max_length=448, suppress_blank=True, suppress_tokens=[-1])
-        return encoder_s, time.perf_counter() - start, len(result.sequences_ids[0])
+        (result,) = self.model.model.generate(encoded, [prompt], suppress_blank=True, **search)
+        decoder_s, tokens = time.perf_counter() - start, len(result.sequences_ids[0])
+        if forced and tokens != forced:
+            raise RuntimeError(f"faster-whisper's forced decoding ran {tokens} steps, not {forced}")
+        return encoder_s, decoder_s, tokens
 
 
 class FasterWhisperBatchedRunner(FasterWhisperRunner):
@@ -89,6 +87,10 @@ class FasterWhisperBatchedRunner(FasterWhisperRunner):
         segments = [{"seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
                      **({"words": [asdict(w) for w in s.words]} if s.words else {})} for s in segments]
         return Transcript("".join(s["text"] for s in segments).strip(), segments, info.language)
+
+
+UNFORCED = ("whisper.cpp stops at its own end of text; suppressing it needs a Python logits-filter callback on every token "
+            "(pywhispercpp's binding), which would add per-token Python work to the time measured, so it is not timed on forced steps")
 
 
 def whispercpp_missing() -> str | None:
@@ -168,10 +170,10 @@ for _entry in [
           lambda model, threads: FasterWhisperRunner(model, "float32", threads)),
     Entry("faster-whisper-int8", FASTER_WHISPER, "faster-whisper (CTranslate2) compute_type int8, same weights",
           lambda model, threads: FasterWhisperRunner(model, "int8", threads), arithmetic="int8",
-          tags=frozenset({registry.SCALING, registry.BEAM, registry.LONGFORM})),
+          tags=frozenset({registry.SCALING, registry.BEAM, registry.LONGFORM, registry.SIZES})),
     *(
         Entry(f"whisper.cpp-{ftype}", WHISPER_CPP, f"whisper.cpp (pywhispercpp built natively), ggml {ftype} written from the same checkpoint",
-              lambda model, threads, ftype=ftype: WhisperCppRunner(model, ftype, threads), unavailable=whispercpp_missing,
+              lambda model, threads, ftype=ftype: WhisperCppRunner(model, ftype, threads), unavailable=whispercpp_missing, unforced=UNFORCED,
               arithmetic="fp32" if ftype == "f16" else "int8",
               tags=frozenset({registry.SCALING, registry.BEAM}) if ftype == "q8_0" else frozenset())
         for ftype in ("f16", "q8_0", "q5_0")
@@ -184,6 +186,6 @@ for _entry in [
     ),
     Entry("whisper.cpp-q8_0-parallel", WHISPER_CPP, "whisper.cpp's whisper_full_parallel: the audio cut in equal parts (batch size, at most "
           "one per thread), one processor each, the threads shared", lambda model, threads: WhisperCppRunner(model, "q8_0", threads),
-          unavailable=whispercpp_missing, arithmetic="int8", tags=frozenset({registry.BATCHED})),
+          unavailable=whispercpp_missing, unforced=UNFORCED, arithmetic="int8", tags=frozenset({registry.BATCHED})),
 ]:
     register(_entry)

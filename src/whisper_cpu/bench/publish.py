@@ -79,7 +79,7 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             f"\nint8 paths at Whisper's shapes (base), median ms per product, run `{tables.load('kernels').run_id.iloc[-1]}`: "
             "torch.ao's dynamic Linear (fbgemm, deprecated) against the paths meant to survive it:\n\n" + kernels.to_markdown() + "\n"
         )
-    batched = tables.batched_table(timings, longform if longform is not None else pd.DataFrame(), None, tables.load("memory"))
+    batched = tables.batched_table(timings, longform if longform is not None else pd.DataFrame(), None, tables.load_memory())
     if len(batched):
         run = tables.long_timings(timings)
         rows = timings[timings.run_id == run.run_id.iloc[0]]

@@ -35,12 +35,16 @@ def environment(threads: int) -> dict:
         "torch": torch.__version__,
         "openai_whisper": version("openai-whisper"),
         "quantized_engine": torch.backends.quantized.engine,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
         "git_commit": git_commit(),
     }
 
 
 def git_commit() -> str:
-    """The commit that produced a row, '+dirty' when the work tree had uncommitted changes."""
+    """The commit that produced a row, '+dirty' when the work tree had uncommitted changes; $WHISPER_CPU_GIT_COMMIT
+    where the tree was copied without its history (a lent GPU machine)."""
+    if os.environ.get("WHISPER_CPU_GIT_COMMIT"):
+        return os.environ["WHISPER_CPU_GIT_COMMIT"]
     home = workspace.get().home
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=home, capture_output=True, text=True, check=True).stdout.strip()

@@ -16,11 +16,29 @@ def _with_decoding(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(decoding=rows.get("decoding", OLD_DECODING)).fillna({"decoding": OLD_DECODING}) if len(rows) else rows
 
 
+def forced(rows: pd.DataFrame) -> pd.Series:
+    """Rows of forced-step runs (`bench --sizes`, `--forced`): the window alone, not a transcribe; kept apart."""
+    return rows.get("decoding", pd.Series("", index=rows.index)).fillna("").astype(str).str.startswith("forced")
+
+
 def load_timings() -> pd.DataFrame:
+    """Every transcribe timing (forced-step rows apart: `load_forced`)."""
     timings = results.read("timings")
+    timings = timings[~forced(timings)] if len(timings) else timings
     if timings.empty:
         raise UserError(f"no timings under {workspace.get().results}: run `make bench` first")
     return _with_decoding(timings)
+
+
+def load_forced() -> pd.DataFrame:
+    timings = results.read("timings")
+    return timings[forced(timings)] if len(timings) else timings
+
+
+def load_memory() -> pd.DataFrame:
+    """Peak memory of transcribes (`sizes_table` reads the forced-step rows itself)."""
+    memory = results.read("memory")
+    return memory[~forced(memory)] if len(memory) else memory
 
 
 def load_accuracy() -> pd.DataFrame:
@@ -378,3 +396,65 @@ def batched_threads(timings: pd.DataFrame, run_id: str | None = None) -> pd.Data
     table = medians.assign(x_realtime=(medians.audio_s / medians.wall_s).round(1))
     table = table.pivot_table(index=["model", "method", "batch_size"], columns="threads", values="x_realtime", sort=False)
     return table[sorted(table.columns)].dropna().rename(columns=lambda t: f"x real time, {t} thread{'s' if t > 1 else ''}").reset_index()
+
+
+SIZE_METHODS = ("fp32-nn", "qint8", "fast-qint8-pc", "faster-whisper-int8")  # the original's two rows, our fastest, the peer
+
+
+def _forced_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    rows = rows.assign(weights=rows.get("weights", pd.Series("real", index=rows.index)).fillna("real"))
+    return (rows.groupby(["run_id", "model", "weights", "method", "device"], sort=False)
+            .agg(wall_s=("wall_s", "median"), encoder_s=("encoder_s", "median"), decoder_s=("decoder_s", "median"),
+                 repeats=("wall_s", "size"), tokens=("window_tokens", "first"), threads=("threads", "first"), cpu=("cpu", "first"),
+                 gpu=("gpu", "first") if "gpu" in rows else ("cpu", "first"))
+            .reset_index())
+
+
+def latest_sizes_run(forced_rows: pd.DataFrame, device: str = "cpu") -> str | None:
+    rows = forced_rows[forced_rows.device == device] if len(forced_rows) else forced_rows
+    return rows.run_id.iloc[-1] if len(rows) else None
+
+
+def sizes_table(forced_rows: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None, memory: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The original's table completed: per size, its CPU rows (fp32 nn.Linear, qint8) and speedup beside the published one,
+    our fastest method and faster-whisper on the same weights, peak memory; every time on the same forced decoder steps."""
+    run_id = run_id or latest_sizes_run(forced_rows)
+    rows = forced_rows[(forced_rows.run_id == run_id) & (forced_rows.device == "cpu")] if run_id and len(forced_rows) else forced_rows.iloc[:0]
+    if rows.empty:
+        return pd.DataFrame()
+    table = _forced_summary(rows)
+    peak = {}
+    if memory is not None and len(memory):
+        mine = memory[(memory.run_id == run_id) & forced(memory)]
+        mine = mine.assign(weights=mine.get("weights", pd.Series("real", index=mine.index)).fillna("real"))
+        peak = {(r.model, r.weights, r.method): r.peak_rss_mb for r in mine.itertuples()}
+    cpu = reference[reference.device == "cpu"]
+    rows = []
+    for (model, weights), mine in table.groupby(["model", "weights"], sort=False):
+        wall = mine.set_index("method")["wall_s"]
+        pub = cpu[cpu.model == model.split(".")[0]].set_index("dtype")["inference_time_s"]
+        fast, fw = wall.get("fast-qint8-pc"), wall.get("faster-whisper-int8")
+        rows.append({
+            "model": model, "weights": weights, "tokens": int(mine.tokens.iloc[0]),
+            "fp32_nn_s": wall.get("fp32-nn"), "qint8_s": wall.get("qint8"), "qint8_speedup": _ratio(wall.get("fp32-nn"), wall.get("qint8")),
+            "published_qint8_speedup": _ratio(pub.get("fp32"), pub.get("qint8")),
+            "fast_qint8_pc_s": fast, "fast_speedup": _ratio(wall.get("fp32-nn"), fast),
+            "faster_whisper_int8_s": fw, "ours_vs_fw": _ratio(fw, fast),
+            "peak_mb_fp32_nn": peak.get((model, weights, "fp32-nn")), "peak_mb_fast": peak.get((model, weights, "fast-qint8-pc")),
+            "peak_mb_fw": peak.get((model, weights, "faster-whisper-int8")),
+        })
+    return pd.DataFrame(rows).round(3)
+
+
+def gpu_table(forced_rows: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
+    """The GPU column: each size's GPU methods on forced steps (the newest run with GPU rows) beside the published GPU fp32."""
+    run_id = run_id or latest_sizes_run(forced_rows, "cuda")
+    rows = forced_rows[(forced_rows.run_id == run_id) & (forced_rows.device == "cuda")] if run_id and len(forced_rows) else forced_rows.iloc[:0]
+    if rows.empty:
+        return pd.DataFrame()
+    table = _forced_summary(rows)
+    pub = reference[reference.device == "gpu"].set_index("model")["inference_time_s"]
+    wide = table.pivot_table(index=["model", "weights"], columns="method", values="wall_s", sort=False).reset_index()
+    wide["published_gpu_fp32_s"] = wide.model.map(lambda m: pub.get(m.split(".")[0]))
+    wide["gpu"] = table.gpu.iloc[0]
+    return wide.round(3)
