@@ -14,10 +14,12 @@ RUN_FLAGS = --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) $(if $(BEAM
 ALL_METHODS ?=
 ALL_REPEATS ?= 3
 SIZE_MODELS ?=
+CLIENTS ?= 4
+SECONDS ?= 60
 # whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only); the rpath lets its extension find its own libraries.
 WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
 
-.PHONY: bench bench-all bench-batch bench-sizes test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
+.PHONY: bench bench-all bench-batch bench-sizes bench-serve test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
 bench: venv models audio ## time MODELS x METHODS (default: the original's) on the ~30 s real-speech window
 	$(PY) -m whisper_cpu bench $(RUN_FLAGS) --repeats $(REPEATS)
@@ -27,6 +29,9 @@ bench-all: venv models audio whispercpp ## the full matrix in one run: peak, eve
 
 bench-sizes: venv models audio ## the original's four sizes (random weights where real ones are missing: timing only) on forced decoder steps, peers on the same weights, memory; GPU methods where CUDA exists
 	$(PY) -m whisper_cpu bench --sizes $(if $(SIZE_MODELS),--models $(SIZE_MODELS)) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)
+
+bench-serve: venv models audio ## load test of `whisper-cpu serve`: CLIENTS clients for SECONDS s on 127.0.0.1, into results/serve.csv
+	$(PY) -m whisper_cpu loadtest --model $(firstword $(MODELS)) --clients $(CLIENTS) --seconds $(SECONDS)
 
 bench-batch: venv models audio ## long recordings whole: batched methods and peers beside the sequential ones, batch sweep, memory, threads, long-form gate
 	$(PY) -m whisper_cpu bench --batched --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from whisper_cpu import UserError, models, registry
 from whisper_cpu.audio import load
-from whisper_cpu.bench import ct2, harness, inputs, results, tables
+from whisper_cpu.bench import ct2, figures, harness, inputs, publish, results, tables
 from whisper_cpu.runner import DecodeOptions, forced_options
 
 # Parameter counts openai-whisper's README gives (millions), turbo's from its model card.
@@ -113,6 +113,10 @@ def test_sizes_job_labels_random_weights_and_keeps_its_rows_apart(scratch, mirro
     table = tables.sizes_table(tables.load_forced(), tables.published(), run_id)
     (row,) = table.to_dict("records")
     assert row["weights"] == "random" and row["published_qint8_speedup"] == 0.74 and row["ours_vs_fw"] > 0
+    assert tables.sizes_runs(tables.load_forced()) == [run_id] and tables.gpu_table(tables.load_forced(), tables.published()).empty
+    markdown = publish.sizes_markdown(tables.published())
+    assert run_id in markdown and "timing only" in markdown and "| tiny " in markdown
+    assert figures.plot_sizes(tables.load_forced(), tables.published()) is not None
 
 
 @pytest.mark.sizes

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import UserError, models, transcribe, workspace
 from .runner import DecodeOptions
 
@@ -21,13 +23,49 @@ def threads(value: str) -> int:
     return n
 
 
+def str2bool(value: str) -> bool:
+    """openai-whisper's boolean flags: True or False, spelled out."""
+    if value not in ("True", "False"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    return value == "True"
+
+
+def _temperatures(args) -> tuple[float, ...]:
+    """openai-whisper's --temperature and --temperature_increment_on_fallback: from T up to 1.0 in steps of the increment."""
+    if args.temperature_increment_on_fallback:
+        return tuple(round(t, 6) for t in np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))
+    return (args.temperature,)
+
+
+def decoding_options(args) -> DecodeOptions:
+    return DecodeOptions(
+        language=args.language, task=args.task, beam_size=args.beam_size, best_of=args.best_of, temperature=_temperatures(args),
+        condition_on_previous_text=args.condition_on_previous_text, compression_ratio_threshold=args.compression_ratio_threshold,
+        logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold, initial_prompt=args.initial_prompt,
+        word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
+        hallucination_silence_threshold=args.hallucination_silence_threshold,
+    )
+
+
 def cmd_transcribe(args) -> int:
     opts = transcribe.Options(
         model=args.model, method=args.method, output_format=args.output_format, output_dir=args.output_dir,
-        decoding=DecodeOptions(language=args.language, beam_size=args.beam_size, word_timestamps=args.word_timestamps),
-        threads=args.threads or 0, batch_size=args.batch_size or 0,
+        decoding=decoding_options(args), threads=args.threads or 0, batch_size=args.batch_size or 0,
+        writer={key: getattr(args, key) for key in transcribe.WRITER_OPTIONS},
     )
     return 2 if transcribe.run(opts, args.files) else 0
+
+
+def cmd_serve(args) -> None:
+    from . import serve
+
+    opts = transcribe.Options(model=args.model, method=args.method, threads=args.threads or 0, batch_size=args.batch_size or 0)
+    runner, entry = transcribe.load(opts, log=lambda line: print(line, file=sys.stderr))
+    settings = serve.Settings(model=args.model, method=entry.name, api_key=args.api_key or os.environ.get("WHISPER_CPU_API_KEY"),
+                              max_bytes=int(args.max_mb * 2**20), queue_size=args.queue_size, batch_size=getattr(runner, "batch_size", 1) or 1)
+    print(f"serving {args.model} ({entry.name}) on http://{args.host}:{args.port}/v1 {'with' if settings.api_key else 'without'} an API key",
+          file=sys.stderr)
+    serve.run(settings, runner, entry.batched, args.host, args.port)
 
 
 def cmd_models(args) -> None:
@@ -36,6 +74,31 @@ def cmd_models(args) -> None:
     if not args.names:
         print("official names:", ", ".join(models.OFFICIAL))
         print("loadable here:", ", ".join(models.available_here()) or "none")
+
+
+def _openai_whisper_options(t: argparse.ArgumentParser) -> None:
+    """openai-whisper's transcribe options, under its names and meanings (the dashed spellings work too)."""
+    def option(name: str, **kwargs):
+        t.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, **kwargs)
+
+    option("task", choices=["transcribe", "translate"], default="transcribe", help="translate: into English (multilingual models)")
+    option("beam_size", type=int, default=None, help="beam search width (default: greedy)")
+    option("best_of", type=int, default=None, help="candidates when sampling with non-zero temperature")
+    option("temperature", type=float, default=0.0)
+    option("temperature_increment_on_fallback", type=float, default=0.2, help="0: no fallback")
+    option("compression_ratio_threshold", type=float, default=2.4)
+    option("logprob_threshold", type=float, default=-1.0)
+    option("no_speech_threshold", type=float, default=0.6)
+    option("condition_on_previous_text", type=str2bool, default=True, help="True or False")
+    option("initial_prompt", default=None)
+    option("word_timestamps", type=str2bool, nargs="?", const=True, default=False, help="per-word start and end (True or False)")
+    option("highlight_words", type=str2bool, nargs="?", const=True, default=False, help="underline each word as it is spoken (srt, vtt)")
+    option("max_line_width", type=int, default=None, help="characters per subtitle line (needs word timestamps)")
+    option("max_line_count", type=int, default=None, help="lines per subtitle (needs word timestamps)")
+    option("max_words_per_line", type=int, default=None, help="words per subtitle line (needs word timestamps)")
+    option("clip_timestamps", default="0", help="start,end,... seconds of the parts to transcribe (sequential methods)")
+    option("hallucination_silence_threshold", type=float, default=None,
+           help="skip silences longer than this (s) around a suspected hallucination (sequential methods, word timestamps)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,12 +116,23 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--output-format", choices=transcribe.FORMATS, default="txt")
     t.add_argument("--output-dir", type=Path, default=Path("."))
     t.add_argument("--language", help="default: en for .en models, else detected")
-    t.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
     t.add_argument("--threads", type=threads, default=None, help="default: all available cores")
     t.add_argument("--batch-size", type=int, default=None, help="windows decoded together by a batched method, across files "
                    "(default: 8, fewer where memory is short)")
-    t.add_argument("--word-timestamps", action="store_true", help="per-word start and end (json, and the subtitle writers' word options)")
+    _openai_whisper_options(t)
     t.set_defaults(func=cmd_transcribe)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible transcription API (/v1/audio/transcriptions, /v1/audio/translations)")
+    s.add_argument("--model", default="base")
+    s.add_argument("--method", default="auto", help="auto: the fastest measured on this CPU that keeps fp32's words")
+    s.add_argument("--host", default="127.0.0.1", help="default: this machine only")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="required as `Authorization: Bearer KEY` (default: $WHISPER_CPU_API_KEY, else none)")
+    s.add_argument("--max-mb", type=float, default=25, help="largest upload accepted (413 above it)")
+    s.add_argument("--queue-size", type=int, default=64, help="requests waiting or being decoded (503 above it)")
+    s.add_argument("--threads", type=threads, default=None, help="default: all available cores")
+    s.add_argument("--batch-size", type=int, default=None, help="requests decoded together (a batched method's default: 8)")
+    s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="provision checkpoints (or list what loads here)")
     m.add_argument("names", nargs="*")

@@ -308,6 +308,9 @@ class BatchedRunner(TorchRunner):
         self.batch_size = batch_size or default_batch_size(model)
 
     def many(self, sources: Iterable[Path | np.ndarray], options: DecodeOptions, progress: bool = False):
+        if options.clip_timestamps != "0" or options.hallucination_silence_threshold is not None:
+            raise UserError("clip_timestamps and hallucination_silence_threshold belong to openai-whisper's sequential transcribe: "
+                            "use a method without -batched")
         return Batcher(self.model, self.batch_size).run(sources, options, progress)
 
     def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:

@@ -72,7 +72,7 @@ def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper],
 
 
 def _no_cuda() -> str | None:
-    return None if torch.cuda.is_available() else "CUDA is not available, so the original's GPU fp32 column is skipped"
+    return None if torch.cuda.is_available() else "CUDA is not available here (the GPU column is timed where it is: scripts/device_check.sh)"
 
 
 def _no_bf16() -> str | None:

@@ -35,6 +35,8 @@ class DecodeOptions:
     no_speech_threshold: float | None = 0.6
     initial_prompt: str | None = None
     word_timestamps: bool = False  # per-word start and end from the cross-attention of the alignment heads
+    clip_timestamps: str = "0"  # openai-whisper's: start,end,... seconds of the clips to transcribe ("0": all)
+    hallucination_silence_threshold: float | None = None  # openai-whisper's: skip silences this long (s) around a suspected hallucination
 
     @property
     def tag(self) -> str:

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +33,10 @@ class Options:
     decoding: DecodeOptions = DecodeOptions()
     threads: int = 0  # 0: machine.default_threads()
     batch_size: int = 0  # windows decoded together by a batched method (0: its default for this model and memory)
+    writer: dict = field(default_factory=dict)  # openai-whisper's subtitle options: highlight_words, max_line_width, ...
+
+
+WRITER_OPTIONS = ("highlight_words", "max_line_width", "max_line_count", "max_words_per_line")
 
 
 def _runnable(name: str) -> bool:
@@ -81,11 +85,20 @@ def language_for(model: str, language: str | None) -> str | None:
     return code
 
 
-def write_outputs(result: dict, source: Path, output_format: str, output_dir: Path) -> list[Path]:
+def check_options(opts: "Options") -> None:
+    """openai-whisper's CLI rules: the subtitle line options need word timings; English-only models cannot translate."""
+    if not opts.decoding.word_timestamps and (used := [k for k in WRITER_OPTIONS if opts.writer.get(k)]):
+        raise UserError(f"--{used[0]} requires --word_timestamps True")
+    if opts.decoding.task == "translate" and opts.model.endswith(".en"):
+        raise UserError(f"{opts.model} is English-only: --task translate needs a multilingual model (e.g. base)")
+
+
+def write_outputs(result: dict, source: Path, output_format: str, output_dir: Path, writer: dict | None = None) -> list[Path]:
     """openai-whisper's writers into a temporary folder beside the outputs, then renamed: never a half file."""
+    options = {key: (writer or {}).get(key) for key in WRITER_OPTIONS}
     try:
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".whisper-cpu-") as tmp:
-            get_writer(output_format, tmp)(result, str(source), {})
+            get_writer(output_format, tmp)(result, str(source), options)
             written = []
             for file in sorted(Path(tmp).iterdir()):
                 os.replace(file, output_dir / file.name)
@@ -104,23 +117,30 @@ def _sequential(runner: Runner, paths: list[Path], decoding: DecodeOptions):
             yield path, error
 
 
-def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.stderr)) -> int:
-    """Transcribe every file with one loaded model, printing the paths written; returns how many files failed."""
+def load(opts: Options, log=lambda line: print(line, file=sys.stderr)) -> tuple[Runner, registry.Entry]:
+    """The runner of the method `opts` names (`auto`: the measured choice, said in one line), on its threads."""
     threads = opts.threads or machine.default_threads()
     torch.set_num_threads(threads)
-    opts = replace(opts, decoding=replace(opts.decoding, language=language_for(opts.model, opts.decoding.language)))
     name = opts.method
     if name == "auto":
         name, why = choose_method(opts.model, threads)
         log(f"method {name}: {why}")
     entry = registry.ours(name)
+    runner = entry.load(opts.model, threads)
+    if entry.batched and opts.batch_size:
+        runner.batch_size = opts.batch_size
+    return runner, entry
+
+
+def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.stderr)) -> int:
+    """Transcribe every file with one loaded model, printing the paths written; returns how many files failed."""
+    check_options(opts)
+    opts = replace(opts, decoding=replace(opts.decoding, language=language_for(opts.model, opts.decoding.language)))
     try:
         Path(opts.output_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the output folder {opts.output_dir}: {error.strerror or error}") from None
-    runner = entry.load(opts.model, threads)
-    if entry.batched and opts.batch_size:
-        runner.batch_size = opts.batch_size
+    runner, entry = load(opts, log)
     failed, unique = 0, {}
     for path in map(Path, paths):
         if path.stem in unique:
@@ -133,7 +153,7 @@ def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.
         try:
             if isinstance(transcript, UserError):
                 raise transcript
-            written = write_outputs(transcript.as_whisper_result(), path, opts.output_format, Path(opts.output_dir))
+            written = write_outputs(transcript.as_whisper_result(), path, opts.output_format, Path(opts.output_dir), opts.writer)
         except UserError as error:
             log(f"whisper-cpu: error: {path}: {error}")
             failed += 1

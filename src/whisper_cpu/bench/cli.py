@@ -114,7 +114,7 @@ def cmd_longform(args) -> None:
 def cmd_report(args) -> None:
     timings, scores, reference = tables.load_timings(), tables.load_accuracy(), tables.published()
     folder = publish.workspace.get().figures
-    for path in figures.write_figures(timings, scores, reference, folder, tables.load_memory(), tables.load_longform()):
+    for path in figures.write_figures(timings, scores, reference, folder, tables.load_memory(), tables.load_longform(), tables.load_forced()):
         print(f"figure: {path}")
     publish.update_readme(publish.readme(), publish.readme_table(timings, scores, reference, tables.load("peak"), tables.load_longform()))
     print("README.md: results section regenerated")
@@ -133,6 +133,17 @@ def cmd_peak(args) -> None:
     peak.kernels(run_id, threads)
     print(f"run {run_id}: peak matrix-product throughput per number format, and the int8 paths at Whisper's shapes")
     print(tables.kernels_table(results.read("kernels"), run_id).to_string())
+
+
+def cmd_loadtest(args) -> None:
+    from . import load
+
+    opts = load.Options(model=args.model, method=args.method, clients=args.clients, seconds=args.seconds, threads=args.threads or 0)
+    clip = args.audio or inputs.window().path
+    row = load.run(opts, clip)
+    print(f"run {row['run_id']}: {row['clients']} clients for {row['seconds']:g} s against `serve --model {row['model']}` ({row['method']}): "
+          f"{row['ok']} of {row['requests']} answered ({row['failed']} failed, {row['lost']} lost), {row['requests_per_s']} requests/s, "
+          f"{row['audio_x_realtime']}x real time, latency p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms; row added to results/serve.csv")
 
 
 def cmd_memory_probe(args) -> None:
@@ -212,6 +223,15 @@ def add_commands(sub) -> None:
     a.add_argument("action", choices=["prepare", "seed"])
     a.add_argument("--manifest", type=Path, default=None)
     a.set_defaults(func=cmd_audio)
+
+    lt = sub.add_parser("loadtest", help="`serve` in its own process under N concurrent clients on 127.0.0.1 (results/serve.csv)")
+    lt.add_argument("--model", default="tiny.en")
+    lt.add_argument("--method", default="auto")
+    lt.add_argument("--clients", type=int, default=4)
+    lt.add_argument("--seconds", type=float, default=30.0)
+    lt.add_argument("--threads", type=threads, default=None, help="the server's (default: all available cores)")
+    lt.add_argument("--audio", type=Path, help="the file each request sends (default: the ~30 s real-speech window)")
+    lt.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("memory-probe", help=argparse.SUPPRESS)
     p.add_argument("model")

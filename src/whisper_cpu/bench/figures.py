@@ -7,7 +7,7 @@ import pandas as pd
 from .. import registry
 from . import inputs
 from .tables import (PUBLISHED_CPU, _ratio, compare, headline, latest_run, long_timings, longform_table, main_rows, pareto_front,
-                     speed_accuracy, summary)
+                     sizes_runs, sizes_table, speed_accuracy, summary)
 
 MODEL_STYLES = ["o", "s", "^", "D"]  # marker per model, in order of appearance
 MODEL_LINES = ["-", "--", ":", "-."]  # line style per model, in order of appearance
@@ -233,8 +233,42 @@ def plot_batching(timings: pd.DataFrame, memory: pd.DataFrame | None = None):
     return fig
 
 
+def plot_sizes(forced_rows: pd.DataFrame, reference: pd.DataFrame):
+    """qint8 and our fastest method over fp32 (nn.Linear) for each of the original's sizes: every machine's newest forced
+    run beside the published speedups."""
+    runs = sizes_runs(forced_rows)
+    if not runs:
+        return None
+    sizes = list(dict.fromkeys(reference.model))
+    pub = reference[reference.device == "cpu"]
+    published_ = [_ratio(*(pub[pub.model == m].set_index("dtype").inference_time_s.get(k) for k in ("fp32", "qint8"))) for m in sizes]
+    series = [(f"published qint8: {PUBLISHED_CPU}", published_, "tab:gray", None)]
+    for run_id, hatch in zip(runs, ("", "//", "..")):
+        table = sizes_table(forced_rows, reference, run_id)
+        table = table[table.weights == "random"].set_index("model")  # every size on the same footing
+        rows = forced_rows[forced_rows.run_id == run_id]
+        label = machine_label(rows)
+        series.append((f"qint8: {label}", [table.qint8_speedup.get(m) for m in sizes], "tab:blue", hatch))
+        series.append((f"fast-qint8-pc: {label}", [table.fast_speedup.get(m) for m in sizes], "tab:cyan", hatch))
+    fig, ax = _figure(9, 4.8)
+    width = 0.8 / len(series)
+    for i, (label, values, colour, hatch) in enumerate(series):
+        positions = [j - 0.4 + width * (i + 0.5) for j in range(len(sizes))]
+        bars = ax.bar(positions, [v or 0 for v in values], width, label=label, color=colour, hatch=hatch, edgecolor="white")
+        for bar, value in zip(bars, values):
+            if value:
+                ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=6)
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set_ylabel("speedup over fp32 (nn.Linear), x")
+    ax.set_xlabel("Whisper size (ours: official shapes, random weights, the same 86 decoder steps: timing only)")
+    ax.set_title("The original's table on other CPUs: dynamic int8 and our fastest method", fontsize=10)
+    ax.legend(fontsize=6.5, loc="upper left")
+    return fig
+
+
 def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, folder: Path, memory: pd.DataFrame | None = None,
-                  longform: pd.DataFrame | None = None) -> list[Path]:
+                  longform: pd.DataFrame | None = None, forced_rows: pd.DataFrame | None = None) -> list[Path]:
     """Every figure that the results support, as PNG files; figures without data are skipped."""
     figures = {
         "speedup_vs_published": plot_speedup(timings, reference),
@@ -245,6 +279,7 @@ def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.D
         "memory": plot_memory(memory),
         "longform": plot_longform(longform) if longform is not None else None,
         "batching": plot_batching(timings, memory),
+        "sizes": plot_sizes(forced_rows, reference) if forced_rows is not None else None,
     }
     folder.mkdir(parents=True, exist_ok=True)
     written = []

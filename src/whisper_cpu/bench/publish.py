@@ -54,7 +54,7 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
         f"({first['audio_s']} s of real speech), {int(run.repeat.max()) + 1} repeats, medians; speedups within this run. "
         "WER: all English clips of `audio/manifest.csv`, latest `make accuracy`."
     )
-    markdown = header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n"
+    markdown = header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n" + sizes_markdown(reference)
     best = fastest_at_equal_accuracy(timings, accuracy, run_id) if len(accuracy) else pd.DataFrame()
     if len(best):
         markdown += (
@@ -100,6 +100,36 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             "does (temperature fallback, conditioning on previous text), pooled over the recordings; ΔWER against fp32 in points "
             "with its 95% paired bootstrap interval over clips; fallbacks = windows re-decoded above temperature 0 / windows:\n\n"
             + gate.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    return markdown
+
+
+def sizes_markdown(reference: pd.DataFrame) -> str:
+    """The original's four sizes on every machine that ran `bench --sizes`, and the GPU column; timing only where the
+    weights are random, which the tables say in their `weights` column."""
+    forced, memory = tables.load_forced(), tables.load("memory")
+    markdown = ""
+    for run_id in tables.sizes_runs(forced):
+        rows = forced[forced.run_id == run_id]
+        first = rows.iloc[0]
+        table = tables.sizes_table(forced, reference, run_id, memory).drop(columns="tokens")
+        table = table.dropna(axis=1, how="all")
+        markdown += (
+            f"\nThe original's four sizes, run `{run_id}` on {machine_label(rows)}; torch {first['torch']}, commit "
+            f"{first.get('git_commit', '?')}, {first['timestamp'][:10]}: the window with exactly {int(first['window_tokens'])} decoder "
+            "steps for every method (end of text suppressed, no timestamps), medians of "
+            f"{int(rows.repeat.max()) + 1}; `weights=random` rows have the official shapes and seeded random weights, "
+            "timing only (no WER exists for them); speedups over fp32 nn.Linear of the same run, `ours_vs_fw` is faster-whisper's "
+            "time over fast-qint8-pc's on the same weights; peak resident memory in MB:\n\n"
+            + table.astype(object).fillna("").to_markdown(index=False) + "\n"
+        )
+    gpu = tables.gpu_table(forced, reference)
+    if len(gpu):
+        rows = forced[forced.run_id == tables.latest_sizes_run(forced, "cuda")]
+        markdown += (
+            f"\nThe GPU column, run `{rows.run_id.iloc[0]}` on {gpu.gpu.iloc[0]} (host: {rows.cpu.iloc[0]}), torch {rows.torch.iloc[0]}: "
+            "seconds for the same forced window, timing-only weights, beside the original's RTX 3060 Ti (full transcribe of its clip):\n\n"
+            + gpu.drop(columns="gpu").astype(object).fillna("").to_markdown(index=False) + "\n"
         )
     return markdown
 

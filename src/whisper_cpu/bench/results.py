@@ -21,7 +21,7 @@ import torch
 
 from .. import machine, workspace
 
-TABLES = ("timings", "accuracy", "longform", "memory", "peak", "kernels")
+TABLES = ("timings", "accuracy", "longform", "memory", "peak", "kernels", "serve")
 
 
 def environment(threads: int) -> dict:
@@ -72,6 +72,17 @@ def append(table: str, rows: list[dict]) -> None:
     """Append rows to this process's shard of the table, each line whole and synced before the next."""
     if rows:
         append_jsonl(_shard(table, rows[0]["run_id"]), rows)
+
+
+def append_csv(table: str, rows: list[dict]) -> Path:
+    """Add rows to the committed CSV itself, rewritten whole and renamed into place (one writer: a load test)."""
+    path = workspace.get().results / f"{table}.csv"
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.part")
+    pd.concat([old, pd.DataFrame(rows)], ignore_index=True).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
 
 
 def read(table: str) -> pd.DataFrame:

@@ -415,6 +415,12 @@ def latest_sizes_run(forced_rows: pd.DataFrame, device: str = "cpu") -> str | No
     return rows.run_id.iloc[-1] if len(rows) else None
 
 
+def sizes_runs(forced_rows: pd.DataFrame) -> list[str]:
+    """The newest forced-step run of the CPU methods on each machine (CPU model and thread count), in order of time."""
+    rows = forced_rows[forced_rows.device == "cpu"] if len(forced_rows) else forced_rows
+    return list(dict.fromkeys(rows.groupby(["cpu", "threads"], sort=False).run_id.last())) if len(rows) else []
+
+
 def sizes_table(forced_rows: pd.DataFrame, reference: pd.DataFrame, run_id: str | None = None, memory: pd.DataFrame | None = None) -> pd.DataFrame:
     """The original's table completed: per size, its CPU rows (fp32 nn.Linear, qint8) and speedup beside the published one,
     our fastest method and faster-whisper on the same weights, peak memory; every time on the same forced decoder steps."""
