@@ -15,11 +15,15 @@ ALL_METHODS ?=
 ALL_REPEATS ?= 3
 SIZE_MODELS ?=
 CLIENTS ?= 4
+ENGINE ?= local
+SOURCE ?=
+OUT ?= transcripts
+ADDRESS ?=
 SECONDS ?= 60
 # whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only); the rpath lets its extension find its own libraries.
 WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
 
-.PHONY: bench bench-all bench-batch bench-sizes bench-serve test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
+.PHONY: bench bench-all bench-batch bench-sizes bench-serve bench-corpus corpus test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
 bench: venv models audio ## time MODELS x METHODS (default: the original's) on the ~30 s real-speech window
 	$(PY) -m whisper_cpu bench $(RUN_FLAGS) --repeats $(REPEATS)
@@ -32,6 +36,12 @@ bench-sizes: venv models audio ## the original's four sizes (random weights wher
 
 bench-serve: venv models audio ## load test of `whisper-cpu serve`: CLIENTS clients for SECONDS s on 127.0.0.1, into results/serve.csv
 	$(PY) -m whisper_cpu loadtest --model $(firstword $(MODELS)) --clients $(CLIENTS) --seconds $(SECONDS)
+
+corpus: venv models ## every audio file of SOURCE (folder or manifest) into OUT, resumable; ENGINE=ray [ADDRESS=...] for a Ray cluster
+	$(PY) -m whisper_cpu corpus $(SOURCE) --output-dir $(OUT) --model $(firstword $(MODELS)) --engine $(ENGINE) $(if $(ADDRESS),--address $(ADDRESS))
+
+bench-corpus: venv models audio ## corpus throughput: local engine and a local Ray cluster with 1 and 2 actors, into results/corpus.csv
+	$(PY) -m whisper_cpu scaleout --model $(firstword $(MODELS))
 
 bench-batch: venv models audio ## long recordings whole: batched methods and peers beside the sequential ones, batch sweep, memory, threads, long-form gate
 	$(PY) -m whisper_cpu bench --batched --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)

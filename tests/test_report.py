@@ -79,7 +79,7 @@ def test_readme_table_is_replaced_between_markers(csvs, tmp_path):
     publish.update_readme(readme, markdown)
     publish.update_readme(readme, markdown)
     text = readme.read_text()
-    assert text.count("| base") == markdown.count("| base") == 4 and "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
+    assert text.count("| base") == markdown.count("| base") >= 4 and "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
     readme.write_text("no markers")
     with pytest.raises(UserError, match="markers"):
         publish.update_readme(readme, markdown)

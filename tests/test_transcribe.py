@@ -181,3 +181,42 @@ def test_word_timestamps_from_the_command_line_on_the_default_method(tmp_path, c
     words = [w for s in json.loads((tmp_path / f"{clip.stem}.json").read_text())["segments"] for w in s["words"]]
     americans = next(w for w in words if w["word"].strip(" ,") == "Americans")
     assert americans["start"] <= 1.8 <= americans["end"] and len(words) >= 20
+
+
+def test_openai_whispers_option_names_and_meanings():
+    from whisper_cpu.cli import decoding_options, parser
+
+    def parsed(*flags):
+        return decoding_options(parser().parse_args(["transcribe", "a.wav", *flags]))
+
+    assert parsed() == DecodeOptions()  # its defaults are openai-whisper's
+    assert parsed("--temperature_increment_on_fallback", "0").temperature == (0.0,)
+    assert parsed("--temperature", "0.4").temperature == (0.4, 0.6, 0.8, 1.0)
+    options = parsed("--task", "translate", "--condition_on_previous_text", "False", "--initial_prompt", "Glossary: ONNX.",
+                     "--word_timestamps", "True", "--no_speech_threshold", "0.5", "--best_of", "3", "--clip_timestamps", "1,4")
+    assert (options.task, options.condition_on_previous_text, options.initial_prompt, options.word_timestamps) == ("translate", False, "Glossary: ONNX.", True)
+    assert (options.no_speech_threshold, options.best_of, options.clip_timestamps) == (0.5, 3, "1,4")
+    with pytest.raises(SystemExit):
+        parser().parse_args(["transcribe", "a.wav", "--condition_on_previous_text", "maybe"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--max_line_width", "20"), "--max_line_width requires --word_timestamps True"),
+    (("--task", "translate"), "tiny.en is English-only: --task translate needs a multilingual model"),
+    (("--method", "fast-qint8-pc-batched", "--clip_timestamps", "0,5"), "use a method without -batched"),
+])
+def test_option_misuse_is_one_line(flags, message, tmp_path, clips, mirror):
+    done = cli(str(inputs.locate(clips["whisper_jfk"])), "--model", "tiny.en", *flags, "--output-dir", str(tmp_path))
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_subtitle_options_and_clips_through_openai_whispers_writers(tmp_path, clips, mirror):
+    clip = inputs.locate(clips["whisper_jfk"])
+    done = cli(str(clip), "--model", "tiny.en", "--method", registry.DEFAULT, "--word_timestamps", "True", "--max_line_width", "24",
+               "--highlight_words", "True", "--clip_timestamps", "0,5.5", "--output-format", "all", "--output-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    srt = (tmp_path / f"{clip.stem}.srt").read_text()
+    text = [line for line in srt.splitlines() if line and "-->" not in line and not line.isdigit()]
+    assert "<u>" in srt and max(len(line.replace("<u>", "").replace("</u>", "")) for line in text) <= 24
+    result = json.loads((tmp_path / f"{clip.stem}.json").read_text())
+    assert "fellow Americans" in result["text"] and "country" not in result["text"]  # only the first 5.5 s

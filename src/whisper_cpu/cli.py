@@ -56,6 +56,18 @@ def cmd_transcribe(args) -> int:
     return 2 if transcribe.run(opts, args.files) else 0
 
 
+def cmd_corpus(args) -> int:
+    from . import corpus
+
+    opts = corpus.Options(model=args.model, method=args.method, output_format=args.output_format, engine=args.engine, address=args.address,
+                          actors=args.actors or 0, threads=args.threads or 0, batch_size=args.batch_size or 0,
+                          decoding=DecodeOptions(language=args.language))
+    records = corpus.run(opts, args.source, args.output_dir)
+    failed = [r for r in records.values() if r["error"]]
+    print(f"{len(records) - len(failed)} of {len(records)} files transcribed, {len(failed)} failed: {Path(args.output_dir) / corpus.RECORDS}")
+    return 2 if failed else 0
+
+
 def cmd_serve(args) -> None:
     from . import serve
 
@@ -121,6 +133,20 @@ def parser() -> argparse.ArgumentParser:
                    "(default: 8, fewer where memory is short)")
     _openai_whisper_options(t)
     t.set_defaults(func=cmd_transcribe)
+
+    c = sub.add_parser("corpus", help="every audio file of a folder or manifest, once, resumable; on this machine or a Ray cluster")
+    c.add_argument("source", type=Path, help="a folder (audio files found recursively) or a CSV/JSONL manifest with a path column")
+    c.add_argument("--output-dir", type=Path, required=True, help="outputs and records.jsonl (a rerun skips what is done)")
+    c.add_argument("--model", default="base")
+    c.add_argument("--method", default="auto")
+    c.add_argument("--output-format", choices=transcribe.FORMATS, default="all")
+    c.add_argument("--language", help="default: en for .en models, else detected")
+    c.add_argument("--engine", choices=["local", "ray"], default="local")
+    c.add_argument("--address", help="a Ray cluster's address (default: start one on this machine)")
+    c.add_argument("--actors", type=int, default=None, help="Ray actors (default: the cluster's CPUs over the threads per actor)")
+    c.add_argument("--threads", type=int, default=None, help="threads of the local engine, or per Ray actor (default: all cores; 2 per actor)")
+    c.add_argument("--batch-size", type=int, default=None, help="files per Ray batch, windows per decoder batch locally")
+    c.set_defaults(func=cmd_corpus)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible transcription API (/v1/audio/transcriptions, /v1/audio/translations)")
     s.add_argument("--model", default="base")

@@ -89,7 +89,7 @@ def register(entry: Entry) -> Entry:
 
 for _entry in [
     torch_method("fp32", "openai-whisper as shipped, float32 on the CPU", lambda model: model,
-                 tags=frozenset({BENCH, SCALING, BEAM, LONGFORM}), original=("cpu", "fp32", "Linear")),
+                 tags=frozenset({BENCH, SCALING, BEAM, LONGFORM, SIZES}), original=("cpu", "fp32", "Linear")),
     torch_method("fp32-nn", "float32 after turning whisper's Linear into plain nn.Linear (the original's fork)", quantize.to_nn_linear,
                  tags=frozenset({BENCH, SIZES}), original=("cpu", "fp32", "nn.Linear")),
     torch_method("qint8", "the original's torch dynamic int8 quantization of every nn.Linear", quantize.quantize_qint8, arithmetic="int8",

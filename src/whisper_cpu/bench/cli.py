@@ -146,6 +146,16 @@ def cmd_loadtest(args) -> None:
           f"{row['audio_x_realtime']}x real time, latency p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms; row added to results/serve.csv")
 
 
+def cmd_scaleout(args) -> None:
+    from . import scaleout
+
+    paths = scaleout.english_clips()
+    rows = scaleout.run(scaleout.Options(model=args.model, method=args.method), paths)
+    print(f"run {rows[0]['run_id']}: {len(paths)} English clips per layout; rows added to results/corpus.csv")
+    print(pd.DataFrame(rows)[["engine", "actors", "threads_per_actor", "files_ok", "files_failed", "audio_s", "wall_s", "audio_h_per_h",
+                              "overhead_s_per_file"]].to_string(index=False))
+
+
 def cmd_memory_probe(args) -> None:
     print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language, args.batch_size, args.forced)))
 
@@ -232,6 +242,11 @@ def add_commands(sub) -> None:
     lt.add_argument("--threads", type=threads, default=None, help="the server's (default: all available cores)")
     lt.add_argument("--audio", type=Path, help="the file each request sends (default: the ~30 s real-speech window)")
     lt.set_defaults(func=cmd_loadtest)
+
+    so = sub.add_parser("scaleout", help="`corpus` throughput: local engine, Ray with 1 and 2 actors, same clips (results/corpus.csv)")
+    so.add_argument("--model", default="tiny.en")
+    so.add_argument("--method", default="auto")
+    so.set_defaults(func=cmd_scaleout)
 
     p = sub.add_parser("memory-probe", help=argparse.SUPPRESS)
     p.add_argument("model")

@@ -250,7 +250,7 @@ def plot_sizes(forced_rows: pd.DataFrame, reference: pd.DataFrame):
         label = machine_label(rows)
         series.append((f"qint8: {label}", [table.qint8_speedup.get(m) for m in sizes], "tab:blue", hatch))
         series.append((f"fast-qint8-pc: {label}", [table.fast_speedup.get(m) for m in sizes], "tab:cyan", hatch))
-    fig, ax = _figure(9, 4.8)
+    fig, ax = _figure(9, 6)
     width = 0.8 / len(series)
     for i, (label, values, colour, hatch) in enumerate(series):
         positions = [j - 0.4 + width * (i + 0.5) for j in range(len(sizes))]
@@ -263,7 +263,7 @@ def plot_sizes(forced_rows: pd.DataFrame, reference: pd.DataFrame):
     ax.set_ylabel("speedup over fp32 (nn.Linear), x")
     ax.set_xlabel("Whisper size (ours: official shapes, random weights, the same 86 decoder steps: timing only)")
     ax.set_title("The original's table on other CPUs: dynamic int8 and our fastest method", fontsize=10)
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     return fig
 
 

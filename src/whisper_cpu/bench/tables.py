@@ -398,9 +398,6 @@ def batched_threads(timings: pd.DataFrame, run_id: str | None = None) -> pd.Data
     return table[sorted(table.columns)].dropna().rename(columns=lambda t: f"x real time, {t} thread{'s' if t > 1 else ''}").reset_index()
 
 
-SIZE_METHODS = ("fp32-nn", "qint8", "fast-qint8-pc", "faster-whisper-int8")  # the original's two rows, our fastest, the peer
-
-
 def _forced_summary(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.assign(weights=rows.get("weights", pd.Series("real", index=rows.index)).fillna("real"))
     return (rows.groupby(["run_id", "model", "weights", "method", "device"], sort=False)
@@ -442,7 +439,7 @@ def sizes_table(forced_rows: pd.DataFrame, reference: pd.DataFrame, run_id: str 
         fast, fw = wall.get("fast-qint8-pc"), wall.get("faster-whisper-int8")
         rows.append({
             "model": model, "weights": weights, "tokens": int(mine.tokens.iloc[0]),
-            "fp32_nn_s": wall.get("fp32-nn"), "qint8_s": wall.get("qint8"), "qint8_speedup": _ratio(wall.get("fp32-nn"), wall.get("qint8")),
+            "fp32_s": wall.get("fp32"), "fp32_nn_s": wall.get("fp32-nn"), "qint8_s": wall.get("qint8"), "qint8_speedup": _ratio(wall.get("fp32-nn"), wall.get("qint8")),
             "published_qint8_speedup": _ratio(pub.get("fp32"), pub.get("qint8")),
             "fast_qint8_pc_s": fast, "fast_speedup": _ratio(wall.get("fp32-nn"), fast),
             "faster_whisper_int8_s": fw, "ours_vs_fw": _ratio(fw, fast),

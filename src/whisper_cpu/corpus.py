@@ -1,0 +1,224 @@
+"""`whisper-cpu corpus`: every audio file of a folder or manifest transcribed once, on this machine or on a Ray cluster.
+
+Each file gets the transcriber's outputs and one record in `DIR/records.jsonl` (source, size, sha256, duration,
+model, method, language, elapsed, text or error). Records are appended whole and synced as files finish, and the
+file is compacted (the last record per source) at the start and end of a run, so a run killed at any point loses
+nothing: the rerun skips every file whose record has the same sha256, model and method and no error, and does the
+rest. The model and method are chosen once, on the driver; the Ray engine (Ray Data `map_batches` over an actor
+pool, each actor loading the model once) writes the same outputs and records as the local one.
+"""
+
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import UserError, machine, pipeline, registry, transcribe
+from .audio import SAMPLE_RATE
+from .files import sha256, write_text
+from .runner import DecodeOptions, Transcript
+
+AUDIO = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4", ".aac", ".wma", ".mkv", ".aiff", ".aif", ".mov"}
+RECORDS = "records.jsonl"
+
+
+@dataclass(frozen=True)
+class Options:
+    model: str = "base"
+    method: str = "auto"
+    output_format: str = "all"
+    decoding: DecodeOptions = DecodeOptions()
+    engine: str = "local"  # or "ray"
+    address: str | None = None  # a Ray cluster's (default: start one on this machine)
+    actors: int = 0  # Ray actors (0: as many as the cluster's CPUs hold at `threads` each)
+    threads: int = 0  # the local engine's threads, or each actor's (0: all cores locally, see `actor_layout` on Ray)
+    batch_size: int = 0
+    writer: dict = field(default_factory=dict)
+
+
+def sources(source: Path) -> list[Path]:
+    """A folder's audio files (recursively, by extension) or a manifest's `path` column (CSV or JSONL), in order."""
+    source = Path(source)
+    if source.is_dir():
+        return sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO and p.is_file())
+    if not source.is_file():
+        raise UserError(f"no folder or manifest at {source}")
+    if source.suffix.lower() == ".jsonl":
+        rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif source.suffix.lower() == ".csv":
+        with open(source, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise UserError(f"{source}: a corpus is a folder, a .csv or a .jsonl manifest")
+    if rows and "path" not in rows[0]:
+        raise UserError(f"{source}: the manifest has no `path` column")
+    return [p if (p := Path(r["path"])).is_absolute() else source.parent / p for r in rows]
+
+
+def read_records(folder: Path) -> dict[str, dict]:
+    """The last record of each source (a line cut by a crash is skipped)."""
+    records = {}
+    path = Path(folder) / RECORDS
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            records[record["source"]] = record
+    return records
+
+
+def compact(folder: Path) -> dict[str, dict]:
+    """records.jsonl rewritten with one record per source, atomically."""
+    records = read_records(folder)
+    write_text(Path(folder) / RECORDS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values()))
+    return records
+
+
+def append(folder: Path, record: dict) -> None:
+    with open(Path(folder) / RECORDS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def todo(paths: list[Path], done: dict[str, dict], model: str, method: str) -> list[tuple[Path, str]]:
+    """(path, sha256) of the files without a successful record for this content, model and method."""
+    out = []
+    for path in paths:
+        digest = sha256(path) if path.is_file() else ""
+        record = done.get(str(path))
+        if not (record and record.get("error") is None and (record["sha256"], record["model"], record["method"]) == (digest, model, method)):
+            out.append((path, digest))
+    return out
+
+
+class Transcriber:
+    """One loaded model writing outputs and making records: what the local engine runs, and each Ray actor."""
+
+    def __init__(self, opts: Options, method: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.opts, self.method = opts, method
+        self.runner, self.entry = transcribe.load(replace(opts, method=method, threads=threads), log=lambda line: None)
+
+    def __call__(self, files: Iterable[tuple[Path, str]], output_dir: Path) -> Iterator[dict]:
+        """A record per file as each finishes (a file that does not read, as soon as it is read)."""
+        digests, samples, order, finished = dict(files), {}, [], {}
+
+        def readable() -> Iterator[np.ndarray]:
+            for path, digest in digests.items():
+                try:
+                    samples[path] = pipeline.read(path)
+                except UserError as error:
+                    finished[path] = self._record(path, digest, 0.0, error=str(error))
+                    continue
+                order.append(path)
+                yield samples[path]
+
+        decoded = self.runner.many(readable(), self.opts.decoding) if self.entry.batched else self._one_by_one(readable())
+        start = time.perf_counter()
+        for i, (_, transcript) in enumerate(decoded):  # in the order the arrays went in
+            path = order[i]
+            finished[path] = self._finish(path, digests[path], transcript, samples.pop(path), output_dir, time.perf_counter() - start)
+            start = time.perf_counter()
+            while finished:
+                yield finished.pop(next(iter(finished)))
+        while finished:
+            yield finished.pop(next(iter(finished)))
+
+    def _one_by_one(self, arrays: Iterator[np.ndarray]) -> Iterator[tuple]:
+        """The sequential runners' transcripts as `many` gives them, a failed one as its error."""
+        for samples in arrays:
+            try:
+                yield samples, self.runner.transcribe(samples, self.opts.decoding)
+            except UserError as error:
+                yield samples, error
+
+    def _finish(self, path: Path, digest: str, transcript, samples, output_dir: Path, elapsed: float) -> dict:
+        if isinstance(transcript, Exception):
+            return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, error=str(transcript))
+        try:
+            written = transcribe.write_outputs(transcript.as_whisper_result(), path, self.opts.output_format, Path(output_dir), self.opts.writer)
+        except UserError as error:
+            return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, error=str(error))
+        return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, transcript=transcript, outputs=[p.name for p in written])
+
+    def _record(self, path: Path, digest: str, elapsed: float, duration: float = 0.0, transcript: Transcript | None = None,
+                error: str | None = None, outputs: list[str] = ()) -> dict:
+        return {"source": str(path), "size": path.stat().st_size if path.is_file() else None, "sha256": digest,
+                "duration_s": round(duration, 3), "model": self.opts.model, "method": self.method,
+                "language": transcript.language if transcript else None, "elapsed_s": round(elapsed, 3),
+                "text": transcript.text if transcript else None, "outputs": list(outputs), "error": error}
+
+
+def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(line, file=sys.stderr)) -> dict[str, dict]:
+    """Transcribe what is left of the corpus; returns every source's final record."""
+    paths = sources(source)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    opts = replace(opts, decoding=replace(opts.decoding, language=transcribe.language_for(opts.model, opts.decoding.language)))
+    transcribe.check_options(opts)
+    threads = opts.threads or machine.default_threads()
+    method = opts.method
+    if method == "auto":
+        method, why = transcribe.choose_method(opts.model, threads)
+        log(f"method {method}: {why}")
+    registry.ours(method)
+    left = todo(paths, compact(output_dir), opts.model, method)
+    log(f"{len(paths)} files, {len(paths) - len(left)} already done, {len(left)} to transcribe ({opts.engine} engine)")
+    if left:
+        records = _local(opts, method, threads, left, output_dir) if opts.engine == "local" else _ray(opts, method, left, output_dir, log)
+        for record in records:
+            append(output_dir, record)
+            log(f"{'error' if record['error'] else 'done'}: {record['source']}" + (f": {record['error']}" if record["error"] else ""))
+    return compact(output_dir)
+
+
+def _local(opts: Options, method: str, threads: int, files: list[tuple[Path, str]], output_dir: Path) -> Iterator[dict]:
+    return Transcriber(opts, method, threads)(files, output_dir)
+
+
+class _Actor:
+    """Ray Data's callable class: the model loaded once per actor, a batch of paths in, their records out."""
+
+    def __init__(self, opts: Options, method: str, threads: int, output_dir: str):
+        self.transcriber, self.output_dir = Transcriber(opts, method, threads), Path(output_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        files = [(Path(p), d) for p, d in zip(batch["path"], batch["sha256"])]
+        return {"record": [json.dumps(r, ensure_ascii=False) for r in self.transcriber(files, self.output_dir)]}
+
+
+def actor_layout(cpus: int, actors: int = 0, threads: int = 0) -> tuple[int, int]:
+    """(actors, threads per actor) that use the cluster's CPUs without oversubscribing them."""
+    if actors:
+        return actors, threads or max(1, cpus // actors)
+    threads = threads or min(cpus, 2)
+    return max(1, cpus // threads), threads
+
+
+def _ray(opts: Options, method: str, files: list[tuple[Path, str]], output_dir: Path, log) -> Iterator[dict]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
+                 **({} if opts.address else {"num_cpus": machine.default_threads()}))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # a line per file is printed instead
+    actors, threads = actor_layout(int(ray.cluster_resources().get("CPU", 1)), opts.actors, opts.threads)
+    log(f"ray: {actors} actor{'s' if actors > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}")
+    items = [{"path": str(p), "sha256": d} for p, d in files]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _Actor, fn_constructor_kwargs={"opts": opts, "method": method, "threads": threads, "output_dir": str(output_dir)},
+        batch_size=max(1, opts.batch_size or 4), concurrency=actors, num_cpus=threads,
+        max_restarts=-1, max_task_retries=-1)  # a killed actor comes back and its batch is done again
+    for row in dataset.iter_rows():
+        yield json.loads(row["record"])
