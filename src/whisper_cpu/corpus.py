@@ -218,7 +218,7 @@ def _ray(opts: Options, method: str, files: list[tuple[Path, str]], output_dir: 
     items = [{"path": str(p), "sha256": d} for p, d in files]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _Actor, fn_constructor_kwargs={"opts": opts, "method": method, "threads": threads, "output_dir": str(output_dir)},
-        batch_size=max(1, opts.batch_size or 4), concurrency=actors, num_cpus=threads,
-        max_restarts=-1, max_task_retries=-1)  # a killed actor comes back and its batch is done again
+        batch_size=max(1, opts.batch_size or 4), compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
+        ray_remote_args={"max_restarts": -1, "max_task_retries": -1})  # a killed actor comes back and its batch is done again
     for row in dataset.iter_rows():
         yield json.loads(row["record"])

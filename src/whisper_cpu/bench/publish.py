@@ -93,6 +93,7 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
         threads = tables.batched_threads(timings)
         if len(threads):
             markdown += "\nThe same on the first recording at each thread count:\n\n" + threads.astype(object).fillna("").to_markdown(index=False) + "\n"
+    markdown += service_markdown()
     gate = longform_table(longform) if longform is not None else pd.DataFrame()
     if len(gate):
         markdown += (
@@ -101,6 +102,28 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             "with its 95% paired bootstrap interval over clips; fallbacks = windows re-decoded above temperature 0 / windows:\n\n"
             + gate.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n"
         )
+    return markdown
+
+
+def service_markdown() -> str:
+    """The newest load test of the server and the newest corpus throughput run, as measured."""
+    markdown = ""
+    serve = tables.load("serve")
+    if len(serve):
+        row = serve.iloc[-1]
+        columns = ["model", "method", "clients", "seconds", "requests", "ok", "failed", "lost", "requests_per_s", "audio_x_realtime",
+                   "p50_ms", "p95_ms", "server_exit"]
+        markdown += (f"\n`whisper-cpu serve` under load (`make bench-serve`, run `{row['run_id']}` on {row['cpu']}, {row['threads']} threads, "
+                     f"{row['timestamp'][:10]}): each client posts {row['clip']} ({row['clip_s']} s) again as soon as it is answered:\n\n"
+                     + serve.iloc[[-1]][columns].to_markdown(index=False) + "\n")
+    corpus = tables.load("corpus")
+    if len(corpus):
+        run = corpus[corpus.run_id == corpus.run_id.iloc[-1]]
+        columns = ["engine", "actors", "threads_per_actor", "files_ok", "files_failed", "audio_s", "wall_s", "audio_h_per_h", "overhead_s_per_file"]
+        markdown += (f"\n`whisper-cpu corpus` throughput (`make bench-corpus`, run `{run.run_id.iloc[0]}` on {run.cpu.iloc[0]}, "
+                     f"{run.model.iloc[0]}, {run.method.iloc[0]}): the same clips from scratch on each engine, model load and Ray's start "
+                     "included; audio-hours per wall-hour; overhead per file against the local engine:\n\n"
+                     + run[columns].to_markdown(index=False) + "\n")
     return markdown
 
 

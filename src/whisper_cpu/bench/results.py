@@ -21,7 +21,7 @@ import torch
 
 from .. import machine, workspace
 
-TABLES = ("timings", "accuracy", "longform", "memory", "peak", "kernels", "serve")
+TABLES = ("timings", "accuracy", "longform", "memory", "peak", "kernels", "serve", "corpus")
 
 
 def environment(threads: int) -> dict:
