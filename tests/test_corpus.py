@@ -50,7 +50,8 @@ def check(records: list[dict], root, out) -> None:
         if not r["error"]:
             assert r["text"] and r["duration_s"] > 1 and r["method"] == "fast-qint8-pc-batched" and len(r["sha256"]) == 64
             assert all((out / name).stat().st_size > 0 for name in r["outputs"]) and len(r["outputs"]) == 5
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+            assert all(name.startswith("more/") == ("/more/" in r["source"]) for name in r["outputs"])  # the sources' folders kept
+    assert not [p for p in out.rglob(".*")]  # no temporary leftovers
 
 
 def test_local_engine_survives_a_killed_driver_and_redoes_only_what_is_missing(folder, tmp_path):

@@ -103,15 +103,13 @@ def todo(paths: list[Path], done: dict[str, dict], model: str, method: str) -> l
 class Transcriber:
     """One loaded model writing outputs and making records: what the local engine runs, and each Ray actor."""
 
-    def __init__(self, opts: Options, method: str, threads: int):
-        import torch
-
-        torch.set_num_threads(threads)
-        self.opts, self.method = opts, method
+    def __init__(self, opts: Options, method: str, threads: int, root: Path):
+        self.opts, self.method, self.root = opts, method, Path(root)
         self.runner, self.entry = transcribe.load(replace(opts, method=method, threads=threads), log=lambda line: None)
 
     def __call__(self, files: Iterable[tuple[Path, str]], output_dir: Path) -> Iterator[dict]:
-        """A record per file as each finishes (a file that does not read, as soon as it is read)."""
+        """A record per file as each finishes (a file that does not read, as soon as it is read). Outputs keep the
+        sources' folders below the corpus root, so files of one name in two folders do not overwrite each other."""
         digests, samples, order, finished = dict(files), {}, [], {}
 
         def readable() -> Iterator[np.ndarray]:
@@ -146,11 +144,14 @@ class Transcriber:
     def _finish(self, path: Path, digest: str, transcript, samples, output_dir: Path, elapsed: float) -> dict:
         if isinstance(transcript, Exception):
             return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, error=str(transcript))
+        folder = Path(output_dir) / path.parent.resolve().relative_to(self.root)
         try:
-            written = transcribe.write_outputs(transcript.as_whisper_result(), path, self.opts.output_format, Path(output_dir), self.opts.writer)
-        except UserError as error:
+            folder.mkdir(parents=True, exist_ok=True)
+            written = transcribe.write_outputs(transcript.as_whisper_result(), path, self.opts.output_format, folder, self.opts.writer)
+        except (OSError, UserError) as error:
             return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, error=str(error))
-        return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, transcript=transcript, outputs=[p.name for p in written])
+        return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, transcript=transcript,
+                            outputs=[str(p.relative_to(output_dir)) for p in written])
 
     def _record(self, path: Path, digest: str, elapsed: float, duration: float = 0.0, transcript: Transcript | None = None,
                 error: str | None = None, outputs: list[str] = ()) -> dict:
@@ -176,22 +177,20 @@ def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(li
     left = todo(paths, compact(output_dir), opts.model, method)
     log(f"{len(paths)} files, {len(paths) - len(left)} already done, {len(left)} to transcribe ({opts.engine} engine)")
     if left:
-        records = _local(opts, method, threads, left, output_dir) if opts.engine == "local" else _ray(opts, method, left, output_dir, log)
+        root = Path(os.path.commonpath([p.parent.resolve() for p in paths]))
+        records = (Transcriber(opts, method, threads, root)(left, output_dir) if opts.engine == "local" else
+                   _ray(opts, method, left, output_dir, root, log))
         for record in records:
             append(output_dir, record)
             log(f"{'error' if record['error'] else 'done'}: {record['source']}" + (f": {record['error']}" if record["error"] else ""))
     return compact(output_dir)
 
 
-def _local(opts: Options, method: str, threads: int, files: list[tuple[Path, str]], output_dir: Path) -> Iterator[dict]:
-    return Transcriber(opts, method, threads)(files, output_dir)
-
-
 class _Actor:
     """Ray Data's callable class: the model loaded once per actor, a batch of paths in, their records out."""
 
-    def __init__(self, opts: Options, method: str, threads: int, output_dir: str):
-        self.transcriber, self.output_dir = Transcriber(opts, method, threads), Path(output_dir)
+    def __init__(self, opts: Options, method: str, threads: int, output_dir: str, root: str):
+        self.transcriber, self.output_dir = Transcriber(opts, method, threads, Path(root)), Path(output_dir)
 
     def __call__(self, batch: dict) -> dict:
         files = [(Path(p), d) for p, d in zip(batch["path"], batch["sha256"])]
@@ -206,7 +205,7 @@ def actor_layout(cpus: int, actors: int = 0, threads: int = 0) -> tuple[int, int
     return max(1, cpus // threads), threads
 
 
-def _ray(opts: Options, method: str, files: list[tuple[Path, str]], output_dir: Path, log) -> Iterator[dict]:
+def _ray(opts: Options, method: str, files: list[tuple[Path, str]], output_dir: Path, root: Path, log) -> Iterator[dict]:
     import ray
 
     if not ray.is_initialized():
@@ -217,8 +216,8 @@ def _ray(opts: Options, method: str, files: list[tuple[Path, str]], output_dir: 
     log(f"ray: {actors} actor{'s' if actors > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}")
     items = [{"path": str(p), "sha256": d} for p, d in files]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _Actor, fn_constructor_kwargs={"opts": opts, "method": method, "threads": threads, "output_dir": str(output_dir)},
+        _Actor, fn_constructor_kwargs={"opts": opts, "method": method, "threads": threads, "output_dir": str(output_dir), "root": str(root)},
         batch_size=max(1, opts.batch_size or 4), compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
-        ray_remote_args={"max_restarts": -1, "max_task_retries": -1})  # a killed actor comes back and its batch is done again
+        max_restarts=-1, max_task_retries=-1)  # a killed actor comes back and its batch is done again
     for row in dataset.iter_rows():
         yield json.loads(row["record"])
