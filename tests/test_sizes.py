@@ -1,5 +1,6 @@
 """The original's larger models on timing-only weights: shapes, forced decoder steps, the CTranslate2 writer, the sizes job."""
 
+import gc
 import io
 import json
 import subprocess
@@ -129,3 +130,4 @@ def test_large_v3_and_turbo_run_every_one_of_our_methods(name, window):
         runner = entry.load(f"{name}:random", torch.get_num_threads())
         assert runner.split_times(window, DecodeOptions(language="en"), forced=3)[2] == 3, method
         del runner
+        gc.collect()  # the fast decoder's bound `decode` makes a reference cycle: free each model before the next
