@@ -128,10 +128,8 @@ class Transcriber:
             path = order[i]
             finished[path] = self._finish(path, digests[path], transcript, samples.pop(path), output_dir, time.perf_counter() - start)
             start = time.perf_counter()
-            while finished:
-                yield finished.pop(next(iter(finished)))
-        while finished:
-            yield finished.pop(next(iter(finished)))
+            yield from _drain(finished)
+        yield from _drain(finished)
 
     def _one_by_one(self, arrays: Iterator[np.ndarray]) -> Iterator[tuple]:
         """The sequential runners' transcripts as `many` gives them, a failed one as its error."""
@@ -159,6 +157,11 @@ class Transcriber:
                 "duration_s": round(duration, 3), "model": self.opts.model, "method": self.method,
                 "language": transcript.language if transcript else None, "elapsed_s": round(elapsed, 3),
                 "text": transcript.text if transcript else None, "outputs": list(outputs), "error": error}
+
+
+def _drain(finished: dict) -> Iterator[dict]:
+    while finished:
+        yield finished.pop(next(iter(finished)))
 
 
 def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(line, file=sys.stderr)) -> dict[str, dict]:

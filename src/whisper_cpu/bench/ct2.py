@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import whisper
-from whisper.tokenizer import get_encoding, get_tokenizer
+from whisper.tokenizer import get_tokenizer
 
 from .. import models, workspace
 from ..files import write_with
@@ -111,10 +111,15 @@ def _spell(token: bytes) -> str:
     return "".join(chars[b] for b in token)
 
 
+def _tokenizer(n_vocab: int):
+    """openai-whisper's tokenizer of a vocabulary: 51864 tokens English-only, 51865 with 99 languages, 51866 with 100."""
+    multilingual = n_vocab >= 51865
+    return get_tokenizer(multilingual, num_languages=n_vocab - 51765 - int(multilingual))
+
+
 def _specials(n_vocab: int) -> list[str]:
     """Special tokens in id order, named as Hugging Face's Whisper tokenizers name them."""
-    multilingual = n_vocab >= 51865
-    encoding = get_encoding("multilingual" if multilingual else "gpt2", n_vocab - 51765 - int(multilingual))
+    multilingual, encoding = n_vocab >= 51865, _tokenizer(n_vocab).encoding
     names = sorted(encoding._special_tokens, key=encoding._special_tokens.get)
     renamed = {"<|nospeech|>": "<|nocaptions|>"} if n_vocab < 51866 else {}
     if not multilingual:
@@ -123,8 +128,7 @@ def _specials(n_vocab: int) -> list[str]:
 
 
 def _ranks(n_vocab: int) -> dict[bytes, int]:
-    multilingual = n_vocab >= 51865
-    return get_encoding("multilingual" if multilingual else "gpt2", n_vocab - 51765 - int(multilingual))._mergeable_ranks
+    return _tokenizer(n_vocab).encoding._mergeable_ranks
 
 
 def vocabulary(n_vocab: int) -> list[str]:
@@ -163,9 +167,7 @@ def tokenizer_json(n_vocab: int) -> dict:
 
 def config(checkpoint: dict) -> dict:
     """config.json: alignment heads, language ids and the suppressed tokens, as CTranslate2's converter writes them."""
-    dims = checkpoint["dims"]
-    multilingual = dims["n_vocab"] >= 51865
-    tokenizer = get_tokenizer(multilingual, num_languages=dims["n_vocab"] - 51765 - int(multilingual))
+    tokenizer = _tokenizer(checkpoint["dims"]["n_vocab"])
     heads = checkpoint.get("alignment_heads") or []
     suppress = {*tokenizer.non_speech_tokens, tokenizer.sot, tokenizer.translate, tokenizer.transcribe, tokenizer.sot_lm,
                 tokenizer.sot_prev, tokenizer.no_speech}  # what openai-whisper's suppress_tokens="-1" comes to
