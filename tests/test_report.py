@@ -149,15 +149,25 @@ def test_a_batched_job_leaves_the_window_tables_to_the_window_run_and_gets_its_o
     recording = tables.inputs.LONGFORM[0][0]
     long = pd.DataFrame([
         {"run_id": "r2", **ENV, "audio_id": recording, "audio_s": 300.0, "model": "base", "method": k, "system": s, "batch_size": b,
-         "threads": t, "repeat": 0, "wall_s": w}
+         "threads": t, "repeat": 0, "wall_s": w, "encoder_s": 0.5}
         for k, s, b, t, w in [("fast-qint8-pc-batched", "whisper_cpu", 8, 2, 10.0), ("faster-whisper-int8-batched", "faster-whisper", 8, 2, 15.0),
                               ("fast-qint8-pc-batched", "whisper_cpu", 2, 2, 20.0), ("fast-qint8-pc-batched", "whisper_cpu", 8, 1, 15.0),
-                              ("fast-qint8-pc", "whisper_cpu", 1, 2, 30.0), ("fast-qint8-pc", "whisper_cpu", 1, 1, 50.0)]])
+                              ("fast-qint8-pc", "whisper_cpu", 1, 2, 30.0), ("fast-qint8-pc", "whisper_cpu", 1, 1, 50.0),
+                              ("whisper.cpp-q8_0-parallel", "whisper.cpp", 8, 2, 40.0)]])
     both = pd.concat([timings, long], ignore_index=True)
     assert tables.latest_run(both) == "r1"  # the README's window tables stay on the window run
     table = tables.batched_table(both, pd.DataFrame()).set_index(["method", "batch_size"])
     assert table.loc[("fast-qint8-pc-batched", 8), "vs_fw_int8_batched"] == 1.5
     assert table.loc[("fast-qint8-pc-batched", 8), "x_realtime"] == 30.0 and ("fast-qint8-pc", 1) in table.index
+    assert table.windows.isna().all()  # no long-form gate in the run: nothing said about windows
+    gate = pd.DataFrame([{"run_id": "r2", "model": "base", "method": k, "audio_id": a, "windows": n, "wer": 0.1,
+                          "wer_delta": 0.0, "ci_low": -0.01, "ci_high": 0.01}
+                         for k, n in [("fast-qint8-pc-batched", 18), ("faster-whisper-int8-batched", 12), ("whisper.cpp-q8_0-parallel", None)]
+                         for a in (recording, "all")])
+    table = tables.batched_table(both, gate).set_index(["method", "batch_size"])
+    assert table.loc[("fast-qint8-pc-batched", 8), "windows"] == 18 and table.loc[("fast-qint8-pc-batched", 8), "encoder_pct"] == 90
+    assert table.loc[("faster-whisper-int8-batched", 8), "encoder_pct"] == 40 and table.loc[("fast-qint8-pc-batched", 2), "encoder_pct"] == 45
+    assert pd.isna(table.loc[("whisper.cpp-q8_0-parallel", 8), "windows"]) and pd.isna(table.loc[("whisper.cpp-q8_0-parallel", 8), "encoder_pct"])
     threads = tables.batched_threads(both).set_index("method")
     assert threads.loc["fast-qint8-pc-batched", "x real time, 1 thread"] == 20.0 and threads.loc["fast-qint8-pc", "x real time, 2 threads"] == 10.0
     assert figures.plot_batching(both) is not None

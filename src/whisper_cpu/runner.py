@@ -61,6 +61,12 @@ class Transcript:
     def tokens(self) -> int:
         return sum(len(s.get("tokens", ())) for s in self.segments)
 
+    @property
+    def windows(self) -> int | None:
+        """Windows that gave segments (their distinct starts); None where the system does not say (whisper.cpp)."""
+        seeks = {s["seek"] for s in self.segments if s.get("seek") is not None}
+        return len(seeks) if seeks else None
+
     def as_whisper_result(self) -> dict:
         """The dict openai-whisper's writers take."""
         return {"text": self.text, "segments": self.segments, "language": self.language}

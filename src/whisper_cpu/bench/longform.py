@@ -99,7 +99,7 @@ def transcribe_all(opts: Options, recordings: list[inputs.Input], run_id: str, t
                 results.append_jsonl(path, [{
                     "run_id": run_id, "model": model_name, "method": method_name, "system": entry.system.name,
                     "audio_id": recording.id, "audio_s": round(recording.duration_s, 3), "decoding": opts.decoding.tag,
-                    "wall_s": round(time.perf_counter() - start, 3), "windows": len({s.get("seek") for s in transcript.segments}),
+                    "wall_s": round(time.perf_counter() - start, 3), "windows": transcript.windows,
                     "fallbacks": transcript.fallbacks, "hypothesis": transcript.text,
                 }])
             bar.update(1)
@@ -130,7 +130,7 @@ def score(records: list[dict], recordings: list[inputs.Input]) -> list[dict]:
                 "wer": round(errors.sum() / words.sum(), 5),
                 **{k: sum(by_recording[i][2][k] for i in ids) for k in ("deletions", "insertions", "substitutions")},
                 "fallbacks": None if any(r["fallbacks"] is None for r in records_) else sum(r["fallbacks"] for r in records_),
-                "windows": sum(r["windows"] for r in records_),
+                "windows": None if any(r["windows"] is None for r in records_) else sum(r["windows"] for r in records_),
                 # per recording, then summed: the same clips recur across recordings, their n-grams with them
                 "repeated_ngrams": sum(repeated_ngrams(" ".join(ref for _, ref in parts[r["audio_id"]]), r["hypothesis"]) for r in records_),
             }

@@ -87,7 +87,9 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             f"\nLong recordings timed whole (run `{run.run_id.iloc[0]}`, {machine_label(rows[rows.threads == rows.threads.max()])}): "
             "seconds summed over the recordings (medians over repeats), x real time, faster-whisper's batched int8 time over "
             "this row's at the same batch size (above 1: this row is faster), WER and its change against openai-whisper's "
-            "sequential fp32 from the long-form gate of the same run, peak memory on the first recording:\n\n"
+            "sequential fp32 from the long-form gate of the same run, peak memory on the first recording, and where the time "
+            "goes: the windows each pipeline encoded (those that gave text) and the share of the time their encoder passes take "
+            "(windows x one window's encoder time):\n\n"
             + batched.astype(object).fillna("").to_markdown(index=False) + "\n"
         )
         threads = tables.batched_threads(timings)

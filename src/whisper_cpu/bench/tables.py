@@ -352,29 +352,37 @@ def long_timings(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFra
     if not len(rows):
         return pd.DataFrame()
     rows = rows[rows.run_id == (run_id or rows.run_id.iloc[-1])]
-    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int))
+    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int),
+                       encoder_s=rows.get("encoder_s", pd.Series(float("nan"), index=rows.index)))
     return (rows.groupby(["run_id", "model", "method", "system", "batch_size", "threads", "audio_id"], sort=False)
-            .agg(audio_s=("audio_s", "first"), wall_s=("wall_s", "median"), repeats=("wall_s", "size"), contended=("contended", "sum"))
+            .agg(audio_s=("audio_s", "first"), wall_s=("wall_s", "median"), repeats=("wall_s", "size"), contended=("contended", "sum"),
+                 encoder_s=("encoder_s", "median"))
             .reset_index())
 
 
 def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | None = None, memory: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per model, method and batch size at the most threads: the recordings timed whole (sums of medians over the
     recordings every configuration covered), the real-time factor, the speed against faster-whisper's batched
-    int8 at the same batch size, and the long-form gate's WER change against sequential fp32."""
+    int8 at the same batch size, the long-form gate's WER change against sequential fp32, and the windows encoded
+    with the share of the time their encoder passes take (`_encoding`)."""
     medians = long_timings(timings, run_id)
     if not len(medians):
         return pd.DataFrame()
     medians, run = medians[medians.threads == medians.threads.max()], medians.run_id.iloc[0]
     keys = ["model", "method", "batch_size"]
+    gate = longform[longform.run_id == run] if len(longform) else longform
+    medians = _encoding(medians, gate)
     table = medians.groupby(keys, sort=False).agg(system=("system", "first"), recordings=("audio_id", "nunique"),
-                                                  audio_s=("audio_s", "sum"), wall_s=("wall_s", "sum")).reset_index()
+                                                  audio_s=("audio_s", "sum"), wall_s=("wall_s", "sum"),
+                                                  windows=("windows", "sum"), encoding_s=("encoding_s", "sum")).reset_index()
     table = table[table.recordings == table.recordings.max()].copy()
     table["x_realtime"] = (table.audio_s / table.wall_s).round(1)
+    table["encoder_pct"] = (100 * table.encoding_s / table.wall_s).round().where(table.windows > 0)
+    table["windows"] = table.windows.where(table.windows > 0).astype("Int64")
     peer = table[table.method == "faster-whisper-int8-batched"].set_index(["model", "batch_size"]).wall_s
     table["vs_fw_int8_batched"] = [round(peer[(m, b)] / w, 2) if (m, b) in peer.index else float("nan")
                                    for m, b, w in zip(table.model, table.batch_size, table.wall_s)]
-    gate = longform[(longform.run_id == run) & (longform.audio_id == "all")] if len(longform) else longform
+    gate = gate[gate.audio_id == "all"] if len(gate) else gate
     if len(gate):
         gate = gate.assign(wer_pct=(100 * gate.wer).round(2),
                            delta_ci=[_delta_ci(d, lo, hi) for d, lo, hi in zip(gate.get("wer_delta"), gate.get("ci_low"), gate.get("ci_high"))])
@@ -383,7 +391,19 @@ def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | N
         peak = memory[memory.run_id == run][["model", "method", "batch_size", "peak_rss_mb"]].dropna()
         table = table.merge(peak.assign(batch_size=peak.batch_size.astype(int)), on=keys, how="left")
     table["wall_s"] = table.wall_s.round(2)
-    return table.drop(columns="recordings")
+    return table.drop(columns=["recordings", "encoding_s"])
+
+
+def _encoding(medians: pd.DataFrame, gate: pd.DataFrame) -> pd.DataFrame:
+    """Where a batched pipeline's time goes: the windows the long-form gate of the run saw each method encode (its
+    segments' distinct window starts: a window that gave no segment is not counted), times one window's encoder time."""
+    windows = gate[gate.audio_id != "all"][["model", "method", "audio_id", "windows"]] if len(gate) and "windows" in gate else None
+    if windows is None:
+        return medians.assign(windows=0, encoding_s=0.0)
+    medians = medians.merge(windows, on=["model", "method", "audio_id"], how="left")
+    unknown = medians.windows.isna() | ((medians.windows <= 1) & (medians.audio_s > 30))  # rows from before None meant "not said"
+    medians["windows"] = medians.windows.mask(unknown, 0)
+    return medians.assign(encoding_s=(medians.windows * medians.encoder_s).fillna(0.0))
 
 
 def batched_threads(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
