@@ -14,11 +14,13 @@ import re
 import shutil
 import socket
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 import whisper
+from torch import nn
 from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
 
 from . import UserError, workspace
@@ -342,11 +344,26 @@ def multilingual(name_or_path: str) -> bool:
     return dims(name_or_path).n_vocab >= 51865
 
 
+@contextmanager
+def _uninitialized():
+    """Layers built without drawing random weights: `Whisper(dims)` initializes every one of them before the
+    checkpoint (loaded strictly, so every one) overwrites them, which for large-v3 took longer than the load."""
+    saved = {name: getattr(nn.init, name) for name in ("kaiming_uniform_", "uniform_", "normal_")}
+    for name in saved:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
 def load_model(name_or_path: str) -> Whisper:
     """An fp32 openai-whisper model on the CPU, with the right alignment heads."""
     path = checkpoint_path(name_or_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = Whisper(ModelDimensions(**checkpoint["dims"]))
+    with _uninitialized():
+        model = Whisper(ModelDimensions(**checkpoint["dims"]))
     model.load_state_dict(checkpoint["model_state_dict"])
     name, _ = split(name_or_path)
     if name in whisper._ALIGNMENT_HEADS:
