@@ -61,7 +61,7 @@ compare: venv ## our speedups beside the published ones
 test: venv $(VENV)/.models whispercpp system-deps ## the test suite (tiny.en, short clips)
 	$(PY) -m pytest -q
 
-test-sizes: venv $(VENV)/.models ## large-v3 and turbo (random weights) through every one of our methods: tens of minutes on 2 cores
+test-sizes: venv $(VENV)/.models ## large-v3 and turbo (random weights) through every one of our methods: about an hour and 16 GB on 2 cores
 	$(PY) -m pytest -q -m sizes tests/test_sizes.py
 
 venv: $(VENV)/.installed
