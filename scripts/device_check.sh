@@ -3,6 +3,10 @@
 #   here:  scripts/device_check.sh prepare   (bundles into .dev/, git-ignored: wheels, openai-whisper, the window's clips)
 #   there: scripts/device_check.sh run       (with .dev carried; rows land in $OUT/results, to be copied into results/)
 # Weights are timing-only (random, official shapes), made there: real checkpoints do not fit in what a call carries.
+# The batched sweep on that machine's CPU needs real weights and faster-whisper, more than one call carries:
+#   here:  scripts/device_check.sh prepare_batched   (.dev plus CTranslate2, faster-whisper, tiny.en, the English clips,
+#                                                     as one tar cut into .devA .devB .devC, each under a call's limit)
+#   there: three calls on one warm machine, carrying .devA, then .devB, then .devC with `run_batched`
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +43,43 @@ run() {
         --methods fp32-gpu fp16-gpu fast-fp32-gpu --repeats 3 --skip-memory 2>&1 | grep -v "run/s" | tail -14
     timeout 200 python3 -m whisper_cpu bench --sizes --models tiny:random base:random small:random medium:random \
         --methods fp32-nn qint8 fast-qint8-pc --repeats 3 --skip-memory 2>&1 | grep -v "run/s" | tail -8
+}
+
+prepare_batched() {
+    prepare >/dev/null
+    local py=.venv/bin/python
+    for pkg in ctranslate2 faster-whisper; do
+        $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .dev/whl "$pkg==$($py -m pip show "$pkg" | awk '/^Version/{print $2}')"
+    done
+    $py - <<'EOF'
+import os, shutil
+from whisper_cpu import models, workspace
+from whisper_cpu.bench import inputs
+for clip, source in inputs.available(inputs.read_manifest()):
+    if clip.language == "en":
+        target = os.path.join(".dev/audio", os.path.relpath(source, workspace.get().mirror))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(source, target)
+os.makedirs(".dev/models", exist_ok=True)
+for name in ("tiny.en.pt", "tiny.en.pt.sha256"):
+    shutil.copy(models.checkpoint_path("tiny.en").parent / name, ".dev/models")
+EOF
+    rm -rf .devA .devB .devC && mkdir .devA .devB .devC
+    tar cf .dev.tar -C .dev . && split -n 3 .dev.tar .dev.part. && rm .dev.tar
+    mv .dev.part.aa .devA/part && mv .dev.part.ab .devB/part && mv .dev.part.ac .devC/part
+    du -sh .devA .devB .devC
+}
+
+run_batched() {  # tiny.en, ours and faster-whisper batched int8, at the thread counts the harness scales through
+    mkdir -p /tmp/dev && cat .devA/part .devB/part .devC/part | tar xf - -C /tmp/dev || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/dev/whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:/tmp/dev/site:$PWD/src PYTHONUNBUFFERED=1 AUDIO_MIRROR=/tmp/dev/audio \
+        WHISPER_CPU_RESULTS=/tmp/results WHISPER_CPU_MODELS=/tmp/dev/models WHISPER_CPU_GIT_COMMIT=$(cat /tmp/dev/commit)
+    lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core|Socket|Flags" > "$OUT/machine.txt"
+    timeout "${BENCH_S:-420}" python3 -m whisper_cpu bench --batched --models tiny.en --methods fast-qint8-pc-batched \
+        faster-whisper-int8-batched --repeats 2 --batch-sizes 4 8 16 2>&1 | grep -v "/s\]" | tail -30
+    tar czf "$OUT/results.tgz" -C /tmp results
 }
 
 "$@"

@@ -96,6 +96,13 @@ def test_default_threads_never_oversubscribe():
     assert machine.default_threads() <= machine.physical_cores()
 
 
+def test_thread_scaling_adds_powers_of_two_below_the_cores():
+    assert harness.fewer_threads(1) == ()
+    assert harness.fewer_threads(2) == (1,)
+    assert harness.fewer_threads(16) == (1, 2, 4, 8)
+    assert harness.fewer_threads(12) == (1, 2, 4, 8)
+
+
 def test_methods_that_cannot_run_here_are_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "bf16", replace(registry.REGISTRY["bf16"], unavailable=lambda: "needs a CPU with avx512_bf16 or amx_bf16"))
     pairs, notes = harness.plan(harness.Options(models=("tiny.en",), methods=("fp32", "bf16")))

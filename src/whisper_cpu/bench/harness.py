@@ -274,6 +274,11 @@ def measure_memory(opts: Options, clip: inputs.Input, run_id: str) -> None:
 SWEEP = (1, 2, 4, 8, 16)  # batch sizes of the sweep on the first long recording
 
 
+def fewer_threads(threads: int) -> tuple[int, ...]:
+    """The thread counts a scaling check adds below `threads`: powers of two, so a many-core machine stays a few runs."""
+    return tuple(2 ** i for i in range(threads.bit_length()) if 2 ** i < threads)
+
+
 def batched_methods() -> tuple[str, ...]:
     """`bench --batched`'s default: every batched entry, and the sequential paths they replace (ours and faster-whisper's)."""
     return (*registry.tagged(registry.BATCHED), "fast-qint8-pc", "faster-whisper-int8")
@@ -281,7 +286,7 @@ def batched_methods() -> tuple[str, ...]:
 
 def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
     """Long recordings, whole, at the default batch size; on the first one, for the methods tagged `swept`, the batch
-    sweep, peak memory per batch size and threads 1..cores; then the long-form gate for every method timed."""
+    sweep, peak memory per batch size and fewer threads (powers of two); then the long-form gate for every method timed."""
     from . import longform
 
     run_id = run_id or results.new_run_id()
@@ -292,7 +297,7 @@ def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
             _run(replace(opts, batch_sizes=(pipeline.BATCH,)), recording, run_id, log)
         _run(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id, log)
         measure_memory(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id)
-        for threads in range(1, opts.threads):
+        for threads in fewer_threads(opts.threads):
             _run(replace(opts, methods=sweep, threads=threads, batch_sizes=(pipeline.BATCH,)), recordings[0], run_id, log)
         longform.run(longform.Options(models=opts.models, methods=opts.methods, decoding=opts.decoding, threads=opts.threads,
                                       manifest=opts.manifest), run_id, log)
@@ -342,7 +347,7 @@ def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
         for beam in beams:
             _run(replace(opts, decoding=replace(opts.decoding, beam_size=beam)), window, run_id, log)
         scaling = tuple(m for m in opts.methods if m in registry.tagged(registry.SCALING))
-        for threads in range(1, opts.threads):
+        for threads in fewer_threads(opts.threads):
             _run(replace(opts, methods=scaling, repeats=3, threads=threads), window, run_id, log)
         measure_memory(opts, window, run_id)
         for beam in beams:
