@@ -61,9 +61,7 @@ for clip, source in inputs.available(inputs.read_manifest()):
         target = os.path.join(".dev/audio", os.path.relpath(source, workspace.get().mirror))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy(source, target)
-os.makedirs(".dev/models", exist_ok=True)
-for name in ("tiny.en.pt", "tiny.en.pt.sha256"):
-    shutil.copy(models.checkpoint_path("tiny.en").parent / name, ".dev/models")
+shutil.copytree(models.ct2_dir("tiny.en"), ".dev/models/ct2/tiny.en")  # the package's form: converted there as here
 EOF
     rm -rf .devA .devB .devC && mkdir .devA .devB .devC
     tar cf .dev.tar -C .dev . && split -n 3 .dev.tar .dev.part. && rm .dev.tar
