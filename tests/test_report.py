@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from whisper_cpu import UserError
-from whisper_cpu.bench import figures, publish, tables
+from whisper_cpu.bench import figures, publish, results, tables
 
 ENV = {"cpu": "Test CPU", "threads": 2, "physical_cores": 2, "isa": "avx2", "torch": "2.13.0", "openai_whisper": "20250625",
        "git_commit": "abc", "timestamp": "2026-11-25T00:00:00+00:00", "system": "whisper_cpu", "device": "cpu",
@@ -171,3 +171,27 @@ def test_a_batched_job_leaves_the_window_tables_to_the_window_run_and_gets_its_o
     threads = tables.batched_threads(both).set_index("method")
     assert threads.loc["fast-qint8-pc-batched", "x real time, 1 thread"] == 20.0 and threads.loc["fast-qint8-pc", "x real time, 2 threads"] == 10.0
     assert figures.plot_batching(both) is not None
+
+
+def test_a_batched_run_on_another_machine_gets_its_own_tables_and_replaces_nothing(csvs, scratch):
+    timings, _ = csvs
+    recording = tables.inputs.LONGFORM[0][0]
+    xeon = {**ENV, "cpu": "Intel(R) Xeon(R) Processor", "isa": "avx2 avx512_vnni amx_int8", "physical_cores": 16}
+
+    def rows(run, env, threads, ours, peer):
+        return [{"run_id": run, **env, "audio_id": recording, "audio_s": 300.0, "model": "base", "method": k, "system": s, "batch_size": 8,
+                 "threads": threads, "repeat": 0, "wall_s": w, "encoder_s": 0.5}
+                for k, s, w in [("fast-qint8-pc-batched", "whisper_cpu", ours), ("faster-whisper-int8-batched", "faster-whisper", peer)]]
+
+    both = pd.concat([timings, pd.DataFrame(rows("r2", ENV, 2, 10.0, 15.0) + rows("r3", xeon, 16, 3.0, 2.0))], ignore_index=True)
+    assert tables.batched_runs(both) == ["r2", "r3"]  # the window run's machine first, though r3 is newer
+    assert tables.batched_table(both, pd.DataFrame()).set_index("method").loc["fast-qint8-pc-batched", "vs_fw_int8_batched"] == 1.5
+    assert tables.batched_table(both, pd.DataFrame(), "r3").set_index("method").loc["fast-qint8-pc-batched", "vs_fw_int8_batched"] == 0.67
+    for run, env, wer in (("r2", ENV, 0.1), ("r3", xeon, 0.2)):  # the same configuration gated on two machines
+        results.append("longform", [{"run_id": run, **env, "model": "base", "method": "fast-qint8-pc-batched", "audio_id": "all",
+                                     "decoding": "fallback+cond", "wer": wer, "wer_delta": 0.0, "ci_low": -0.01, "ci_high": 0.01}])
+    gate = tables.load_longform()
+    assert sorted(gate.run_id) == ["r2", "r3"]  # neither machine's row hides the other's
+    assert list(tables.on_machine(gate, tables.reference_machine(both)).wer) == [0.1]
+    markdown = publish.batched_markdown(both, gate, "r3", first=False)
+    assert "another machine" in markdown and "Intel(R) Xeon(R) Processor, 16 threads on 16 cores" in markdown

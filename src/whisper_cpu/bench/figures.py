@@ -1,13 +1,14 @@
 """The report's figures, drawn from the derived tables; a figure whose measurements are missing is skipped."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from .. import registry
 from . import inputs
-from .tables import (PUBLISHED_CPU, _ratio, compare, headline, latest_run, long_timings, longform_table, main_rows, pareto_front,
-                     sizes_runs, sizes_table, speed_accuracy, summary)
+from .tables import (PUBLISHED_CPU, _ratio, batched_runs, compare, headline, latest_run, long_timings, longform_table, main_rows,
+                     on_machine, pareto_front, reference_machine, sizes_runs, sizes_table, speed_accuracy, summary)
 
 MODEL_STYLES = ["o", "s", "^", "D"]  # marker per model, in order of appearance
 MODEL_LINES = ["-", "--", ":", "-."]  # line style per model, in order of appearance
@@ -194,9 +195,9 @@ def plot_longform(longform: pd.DataFrame):
     return fig
 
 
-def plot_batching(timings: pd.DataFrame, memory: pd.DataFrame | None = None):
+def plot_batching(timings: pd.DataFrame, memory: pd.DataFrame | None = None, run_id: str | None = None):
     """Real-time factor and peak memory against batch size, on the long recording the sweep ran on."""
-    medians = long_timings(timings)
+    medians = long_timings(timings, run_id)
     if not len(medians) or medians.batch_size.nunique() < 2:
         return None
     medians = medians[medians.threads == medians.threads.max()]
@@ -267,6 +268,12 @@ def plot_sizes(forced_rows: pd.DataFrame, reference: pd.DataFrame):
     return fig
 
 
+def _slug(timings: pd.DataFrame, run_id: str) -> str:
+    """A file name for a run's machine: `Intel(R) Xeon(R) Processor` -> `intel_xeon_processor`."""
+    cpu = timings[timings.run_id == run_id].cpu.iloc[0]
+    return "_".join(re.findall(r"[a-z0-9]+", re.sub(r"\((r|tm)\)", "", cpu.lower())))
+
+
 def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.DataFrame, folder: Path, memory: pd.DataFrame | None = None,
                   longform: pd.DataFrame | None = None, forced_rows: pd.DataFrame | None = None) -> list[Path]:
     """Every figure that the results support, as PNG files; figures without data are skipped."""
@@ -277,8 +284,8 @@ def write_figures(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.D
         "headline": plot_headline(timings, accuracy) if len(accuracy) else None,
         "thread_scaling": plot_thread_scaling(timings),
         "memory": plot_memory(memory),
-        "longform": plot_longform(longform) if longform is not None else None,
-        "batching": plot_batching(timings, memory),
+        "longform": plot_longform(on_machine(longform, reference_machine(timings))) if longform is not None else None,
+        **{"batching" + (f"_{_slug(timings, run)}" if i else ""): plot_batching(timings, memory, run) for i, run in enumerate(batched_runs(timings))},
         "sizes": plot_sizes(forced_rows, reference) if forced_rows is not None else None,
     }
     folder.mkdir(parents=True, exist_ok=True)

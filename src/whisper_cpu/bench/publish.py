@@ -79,24 +79,10 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             f"\nint8 paths at Whisper's shapes (base), median ms per product, run `{tables.load('kernels').run_id.iloc[-1]}`: "
             "torch.ao's dynamic Linear (fbgemm, deprecated) against the paths meant to survive it:\n\n" + kernels.to_markdown() + "\n"
         )
-    batched = tables.batched_table(timings, longform if longform is not None else pd.DataFrame(), None, tables.load_memory())
-    if len(batched):
-        run = tables.long_timings(timings)
-        rows = timings[timings.run_id == run.run_id.iloc[0]]
-        markdown += (
-            f"\nLong recordings timed whole (run `{run.run_id.iloc[0]}`, {machine_label(rows[rows.threads == rows.threads.max()])}): "
-            "seconds summed over the recordings (medians over repeats), x real time, faster-whisper's batched int8 time over "
-            "this row's at the same batch size (above 1: this row is faster), WER and its change against openai-whisper's "
-            "sequential fp32 from the long-form gate of the same run, peak memory on the first recording, and where the time "
-            "goes: the windows each pipeline encoded (those that gave text) and the share of the time their encoder passes take "
-            "(windows x one window's encoder time):\n\n"
-            + batched.astype(object).fillna("").to_markdown(index=False) + "\n"
-        )
-        threads = tables.batched_threads(timings)
-        if len(threads):
-            markdown += "\nThe same on the first recording at each thread count:\n\n" + threads.astype(object).fillna("").to_markdown(index=False) + "\n"
+    for i, run in enumerate(tables.batched_runs(timings)):
+        markdown += batched_markdown(timings, longform if longform is not None else pd.DataFrame(), run, first=i == 0)
     markdown += service_markdown()
-    gate = longform_table(longform) if longform is not None else pd.DataFrame()
+    gate = longform_table(tables.on_machine(longform, tables.reference_machine(timings))) if longform is not None else pd.DataFrame()
     if len(gate):
         markdown += (
             f"\nThe long-form gate (run `{gate.run_id.iloc[0]}`): each long recording transcribed whole, as `whisper-cpu transcribe` "
@@ -104,6 +90,31 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
             "with its 95% paired bootstrap interval over clips; fallbacks = windows re-decoded above temperature 0 / windows:\n\n"
             + gate.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n"
         )
+    return markdown
+
+
+def batched_markdown(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str, first: bool) -> str:
+    """One machine's batched job: the recordings timed whole, then the first one at each thread count."""
+    batched = tables.batched_table(timings, longform, run_id, tables.load_memory())
+    if not len(batched):
+        return ""
+    rows = timings[timings.run_id == run_id]
+    label = machine_label(rows[rows.threads == rows.threads.max()])
+    env = rows.iloc[-1]
+    markdown = (
+        f"\nLong recordings timed whole (run `{run_id}`, {label}): "
+        "seconds summed over the recordings (medians over repeats), x real time, faster-whisper's batched int8 time over "
+        "this row's at the same batch size (above 1: this row is faster), WER and its change against openai-whisper's "
+        "sequential fp32 from the long-form gate of the same run, peak memory on the first recording, and where the time "
+        "goes: the windows each pipeline encoded (those that gave text) and the share of the time their encoder passes take "
+        "(windows x one window's encoder time):\n\n"
+        if first else
+        f"\nThe same job on another machine (run `{run_id}`, {label}; torch {env['torch']}, commit {env['git_commit']}, "
+        f"{env['timestamp'][:10]}):\n\n"
+    ) + batched.astype(object).fillna("").to_markdown(index=False) + "\n"
+    threads = tables.batched_threads(timings, run_id)
+    if len(threads):
+        markdown += "\nThe same on the first recording at each thread count:\n\n" + threads.astype(object).fillna("").to_markdown(index=False) + "\n"
     return markdown
 
 

@@ -50,9 +50,17 @@ def load_accuracy() -> pd.DataFrame:
 
 
 def load_longform() -> pd.DataFrame:
-    """The newest long-form row per model x method x recording x beam x decoding."""
+    """The newest long-form row per machine x model x method x recording x beam x decoding."""
     table = results.read("longform")
-    return table.drop_duplicates(["model", "method", "audio_id", "beam_size", "decoding"], keep="last") if len(table) else table
+    if not len(table):
+        return table
+    table = table.assign(isa=table.isa.fillna("") if "isa" in table else "")
+    return table.drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last")
+
+
+def reference_longform() -> pd.DataFrame:
+    """The long-form rows of the reference machine (`reference_machine`): what the README's gate table shows."""
+    return on_machine(load_longform(), reference_machine(load_timings()))
 
 
 def load(table: str) -> pd.DataFrame:
@@ -68,6 +76,22 @@ def latest_run(timings: pd.DataFrame) -> str:
     """The newest run that timed the window (a batched job times only the long recordings)."""
     window = timings[~timings.audio_id.isin([name for name, _, _ in inputs.LONGFORM])]
     return (window if len(window) else timings)["run_id"].iloc[-1]
+
+
+def reference_machine(timings: pd.DataFrame) -> tuple[str, str] | None:
+    """The machine (CPU model, instruction sets) of the newest window run: the one the README's headline tables are
+    about. Runs on other machines (a lent many-core one) get tables of their own instead of replacing these."""
+    if not len(timings):
+        return None
+    row = timings[timings.run_id == latest_run(timings)].iloc[-1]
+    return row["cpu"], row.get("isa") if isinstance(row.get("isa"), str) else ""
+
+
+def on_machine(rows: pd.DataFrame, machine: tuple[str, str] | None) -> pd.DataFrame:
+    """The rows measured on `machine` (all of them where it is None or rows say no machine)."""
+    if machine is None or not len(rows) or "cpu" not in rows:
+        return rows
+    return rows[(rows.cpu == machine[0]) & (rows.isa.fillna("") == machine[1])]
 
 
 def main_rows(timings: pd.DataFrame, run_id: str | None = None, beam: int | None = None) -> pd.DataFrame:
@@ -346,12 +370,24 @@ def longform_table(longform: pd.DataFrame, run_id: str | None = None) -> pd.Data
     }).reset_index(drop=True)
 
 
+def batched_runs(timings: pd.DataFrame) -> list[str]:
+    """The newest run that timed the long recordings on each machine, the reference machine's first."""
+    rows = timings[timings.audio_id.isin([name for name, _, _ in inputs.LONGFORM])] if len(timings) else timings
+    if not len(rows):
+        return []
+    rows = rows.assign(isa=rows.isa.fillna("") if "isa" in rows else "")
+    newest = rows.groupby(["cpu", "isa"], sort=False).run_id.last()
+    reference = reference_machine(timings)
+    return sorted(dict.fromkeys(newest), key=lambda run: tuple(newest[newest == run].index[0]) != reference)
+
+
 def long_timings(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
-    """Medians of the long-form recordings, timed whole, per configuration, batch size included."""
+    """Medians of the long-form recordings, timed whole, per configuration, batch size included (by default those
+    of the reference machine's newest run)."""
     rows = timings[timings.audio_id.isin([name for name, _, _ in inputs.LONGFORM])]
     if not len(rows):
         return pd.DataFrame()
-    rows = rows[rows.run_id == (run_id or rows.run_id.iloc[-1])]
+    rows = rows[rows.run_id == (run_id or batched_runs(timings)[0])]
     rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int),
                        encoder_s=rows.get("encoder_s", pd.Series(float("nan"), index=rows.index)))
     return (rows.groupby(["run_id", "model", "method", "system", "batch_size", "threads", "audio_id"], sort=False)
