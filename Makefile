@@ -43,7 +43,7 @@ corpus: venv models ## every audio file of SOURCE (folder or manifest) into OUT,
 bench-corpus: venv models audio ## corpus throughput: local engine and a local Ray cluster with 1 and 2 actors, into results/corpus.csv
 	$(PY) -m whisper_cpu scaleout --model $(firstword $(MODELS))
 
-bench-batch: venv models audio ## long recordings whole: batched methods and peers beside the sequential ones, batch sweep, memory, threads, long-form gate
+bench-batch: venv models audio ## long recordings whole: batched methods and peers beside the sequential ones, batch sweep, memory, threads, long-form gate, floor
 	$(PY) -m whisper_cpu bench --batched --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)
 
 accuracy: venv models audio ## short-clip gate: WER of MODELS x METHODS on every real-speech clip

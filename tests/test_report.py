@@ -1,5 +1,6 @@
 import pandas as pd
 import pytest
+import torch
 
 from whisper_cpu import UserError
 from whisper_cpu.bench import figures, publish, results, tables
@@ -195,3 +196,21 @@ def test_a_batched_run_on_another_machine_gets_its_own_tables_and_replaces_nothi
     assert list(tables.on_machine(gate, tables.reference_machine(both)).wer) == [0.1]
     markdown = publish.batched_markdown(both, gate, "r3", first=False)
     assert "another machine" in markdown and "Intel(R) Xeon(R) Processor, 16 threads on 16 cores" in markdown
+
+
+def test_floor_counts_the_peers_windows_our_encoder_and_each_tokens_cross_attention(csvs):
+    from whisper_cpu import models
+    from whisper_cpu.bench import floor
+
+    assert floor.cross_attention_ms(models.dims("tiny.en"), torch.float32, windows=2, repeats=2) > 0
+    assert floor.decoder_step_ms("tiny.en", 1, windows=2, repeats=2) > 0
+    timings, _ = csvs
+    recording, other = (name for name, _, _ in tables.inputs.LONGFORM)
+    long = pd.DataFrame([{"run_id": "r2", **ENV, "audio_id": a, "audio_s": 300.0, "model": "base", "method": k, "system": "s", "batch_size": 8,
+                          "threads": 2, "repeat": r, "wall_s": w + r, "encoder_s": e, "tokens": 500}
+                         for a in (recording, other) for r in (0, 1, 2)
+                         for k, w, e in ((floor.OURS, 10.0, 0.5), (floor.PEER, 12.0, 0.7))])
+    gate = pd.DataFrame([{"run_id": "r2", "model": "base", "method": floor.PEER, "audio_id": a, "windows": 12} for a in (recording, other, "all")])
+    seen = floor._batched_rows(pd.concat([timings, long], ignore_index=True), gate, "r2", "base")
+    assert seen == {"fw_s": 26.0, "fw_windows": 24, "encoder_s_per_window": 0.5, "tokens": 1000, "threads": 2}
+    assert floor._batched_rows(pd.concat([timings, long], ignore_index=True), gate.iloc[:0], "r2", "base") is None  # no gate: no windows

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import models, registry
+from .. import UserError, models, registry
 from ..cli import threads
 from ..runner import DecodeOptions
 from . import accuracy, figures, harness, inputs, longform, peak, publish, results, tables
@@ -135,6 +135,15 @@ def cmd_peak(args) -> None:
     print(tables.kernels_table(results.read("kernels"), run_id).to_string())
 
 
+def cmd_floor(args) -> None:
+    from . import floor
+
+    rows = floor.measure(args.run_id)
+    if not rows:
+        raise UserError("no batched run with both our batched int8 and faster-whisper's, and its long-form gate: run `make bench-batch` first")
+    print(tables.floor_table(pd.DataFrame(rows)).to_string(index=False))
+
+
 def cmd_loadtest(args) -> None:
     from . import load
 
@@ -228,6 +237,11 @@ def add_commands(sub) -> None:
     k.add_argument("--threads", type=threads, default=None, help="default: all available cores")
     k.add_argument("--resume", metavar="RUN_ID", help="add the rows to an existing run")
     k.set_defaults(func=cmd_peak)
+
+    f = sub.add_parser("floor", help="what 2x faster than faster-whisper's batched pipeline would have to fit in, from a batched run "
+                       "and this machine's cross-attention and VAD speed")
+    f.add_argument("--run-id", help="the batched run (default: the reference machine's newest)")
+    f.set_defaults(func=cmd_floor)
 
     a = sub.add_parser("audio", help="verify the real-speech clips and build the benchmark inputs")
     a.add_argument("action", choices=["prepare", "seed"])

@@ -430,6 +430,21 @@ def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | N
     return table.drop(columns=["recordings", "encoding_s"])
 
 
+def floor_table(floor: pd.DataFrame) -> pd.DataFrame:
+    """The newest floor measurement (`bench/floor.py`), one row per model: its parts, their sum, and half of
+    faster-whisper's batched time (2x faster would have to fit under it)."""
+    if not len(floor):
+        return pd.DataFrame()
+    rows = floor[floor.run_id == floor.run_id.iloc[-1]]
+    return pd.DataFrame({
+        "model": rows.model, "fw_s": rows.fw_s.round(2), "half_fw_s": rows.half_fw_s, "fw_windows": rows.fw_windows,
+        "encoder_s": rows.encoder_s, "tokens": rows.tokens, "decoder_s": rows.decoder_s, "of_which_cross_attention_s": rows.cross_attention_s,
+        "vad_s": rows.vad_s,
+        "floor_s": rows.floor_s, "floor_vs_half": (rows.floor_s / rows.half_fw_s).round(2),
+        **{f"step_ms_{name}": rows[f"cross_attention_ms_{name}"] for name in ("float32", "float16", "bfloat16")},
+    }).reset_index(drop=True)
+
+
 def _encoding(medians: pd.DataFrame, gate: pd.DataFrame) -> pd.DataFrame:
     """Where a batched pipeline's time goes: the windows the long-form gate of the run saw each method encode (its
     segments' distinct window starts: a window that gave no segment is not counted), times one window's encoder time."""
