@@ -441,7 +441,7 @@ def floor_table(floor: pd.DataFrame) -> pd.DataFrame:
         "encoder_s": rows.encoder_s, "tokens": rows.tokens, "decoder_s": rows.decoder_s, "of_which_cross_attention_s": rows.cross_attention_s,
         "vad_s": rows.vad_s,
         "floor_s": rows.floor_s, "floor_vs_half": (rows.floor_s / rows.half_fw_s).round(2),
-        **{f"step_ms_{name}": rows[f"cross_attention_ms_{name}"] for name in ("float32", "float16", "bfloat16")},
+        **{f"cross_attention_ms_{short}": rows[f"cross_attention_ms_{name}"] for short, name in (("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16"))},
     }).reset_index(drop=True)
 
 
