@@ -27,6 +27,17 @@ def test_sha256_mismatch_is_refused(tmp_path, clips, mirror):
         inputs.locate(clip, tmp_path)
 
 
+def test_a_16k_mono_wav_is_read_as_pyav_decodes_it(tmp_path, clips, mirror, monkeypatch):
+    source = inputs.locate(clips["deepspeech_LDC93S1"])  # 16 kHz mono 16-bit PCM
+    fast = audio.load(source)
+    assert audio._plain_wav(source) is not None and audio._plain_wav(inputs.locate(clips["whisper_jfk"])) is None
+    audio.write_wav(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32))
+    with pytest.raises(UserError, match="no audio samples"):  # no frames: PyAV's path says so
+        audio.load(tmp_path / "empty.wav")
+    monkeypatch.setattr(audio, "_plain_wav", lambda path: None)
+    assert np.array_equal(fast, audio.load(source))
+
+
 @pytest.mark.parametrize("content, message", [(None, "audio file not found"), (b"RIFF garbage" * 50, "cannot decode audio")])
 def test_bad_files_give_one_clear_error(tmp_path, content, message):
     path = tmp_path / "clip.wav"
