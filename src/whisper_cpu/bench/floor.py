@@ -13,8 +13,9 @@ import time
 
 import torch
 
-from .. import models, pipeline
+from .. import models, pipeline, registry
 from ..audio import load
+from ..decoding import Cache
 from . import harness, inputs, results, tables
 
 FORMATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -41,13 +42,11 @@ def cross_attention_ms(dims, dtype: torch.dtype, windows: int = pipeline.BATCH, 
     return _median_ms(lambda: [(query @ keys_t).softmax(-1) @ values for keys_t, values in audio], repeats)
 
 
-def decoder_step_ms(model: str, threads: int, windows: int = pipeline.BATCH, offset: int = 64, repeats: int = 20) -> float:
+def decoder_step_ms(name: str, threads: int, windows: int = pipeline.BATCH, offset: int = 64, repeats: int = 20) -> float:
     """One full step of our int8 decoder for `windows` windows, one token each, `offset` tokens into their text:
     every layer, the vocabulary, the cross-attention above; no logit rules, no search."""
-    from .. import registry
-    from ..decoding import Cache
-
-    decoder, dims = (model := registry.get(OURS).load(model, threads).model).decoder, model.dims
+    model = registry.get(OURS).load(name, threads).model
+    decoder, dims = model.decoder, model.dims
     cache = Cache(decoder, torch.randn(windows, dims.n_audio_ctx, dims.n_audio_state), windows)
     cache.kv.normal_()  # the earlier tokens' keys and values (the cache is allocated, not written)
     tokens = torch.zeros(windows, 1, dtype=torch.long)
