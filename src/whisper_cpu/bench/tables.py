@@ -54,8 +54,7 @@ def load_longform() -> pd.DataFrame:
     table = results.read("longform")
     if not len(table):
         return table
-    table = table.assign(isa=table.isa.fillna("") if "isa" in table else "")
-    return table.drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last")
+    return _with_isa(table).drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last")
 
 
 def reference_longform() -> pd.DataFrame:
@@ -78,6 +77,11 @@ def latest_run(timings: pd.DataFrame) -> str:
     return (window if len(window) else timings)["run_id"].iloc[-1]
 
 
+def _with_isa(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows with an `isa` column, "" where older rows did not record one: with `cpu`, the machine they ran on."""
+    return rows.assign(isa=rows.isa.fillna("") if "isa" in rows else "")
+
+
 def reference_machine(timings: pd.DataFrame) -> tuple[str, str] | None:
     """The machine (CPU model, instruction sets) of the newest window run: the one the README's headline tables are
     about. Runs on other machines (a lent many-core one) get tables of their own instead of replacing these."""
@@ -91,7 +95,8 @@ def on_machine(rows: pd.DataFrame, machine: tuple[str, str] | None) -> pd.DataFr
     """The rows measured on `machine` (all of them where it is None or rows say no machine)."""
     if machine is None or not len(rows) or "cpu" not in rows:
         return rows
-    return rows[(rows.cpu == machine[0]) & (rows.isa.fillna("") == machine[1])]
+    rows = _with_isa(rows)
+    return rows[(rows.cpu == machine[0]) & (rows.isa == machine[1])]
 
 
 def main_rows(timings: pd.DataFrame, run_id: str | None = None, beam: int | None = None) -> pd.DataFrame:
@@ -317,7 +322,7 @@ def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFram
     recordings timed whole (what users transcribe most), and both accuracy gates (short clips, long
     recordings pooled) from the newest scoring on the same CPU."""
     rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding)]
-    rows = rows.assign(isa=rows.isa.fillna("") if "isa" in rows else "", long=rows.audio_id.isin([name for name, _, _ in inputs.LONGFORM]),
+    rows = _with_isa(rows).assign(long=rows.audio_id.isin([name for name, _, _ in inputs.LONGFORM]),
                        batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1))
     rows = rows[~rows.long | rows.batch_size.isin([1, pipeline.BATCH])]
     short = accuracy[(accuracy.language == "en") & (accuracy.beam_size == 1) & (accuracy.decoding == decoding)] if len(accuracy) else accuracy
@@ -375,10 +380,9 @@ def batched_runs(timings: pd.DataFrame) -> list[str]:
     rows = timings[timings.audio_id.isin([name for name, _, _ in inputs.LONGFORM])] if len(timings) else timings
     if not len(rows):
         return []
-    rows = rows.assign(isa=rows.isa.fillna("") if "isa" in rows else "")
-    newest = rows.groupby(["cpu", "isa"], sort=False).run_id.last()
+    newest = _with_isa(rows).groupby(["cpu", "isa"], sort=False).run_id.last()
     reference = reference_machine(timings)
-    return sorted(dict.fromkeys(newest), key=lambda run: tuple(newest[newest == run].index[0]) != reference)
+    return list(dict.fromkeys(run for _, run in sorted(newest.items(), key=lambda item: item[0] != reference)))
 
 
 def long_timings(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:
