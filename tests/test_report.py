@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from matplotlib.pyplot import imread
 
 from whisper_cpu import UserError
 from whisper_cpu.bench import figures, publish, results, tables
@@ -45,11 +46,16 @@ def test_figures_are_written_and_missing_measurements_are_skipped(csvs, tmp_path
     timings, accuracy = csvs
     written = figures.write_figures(timings, accuracy, tables.published(), tmp_path / "figures")
     assert sorted(p.name for p in written) == ["speed_vs_wer.png", "speedup_vs_published.png", "time_split.png"]
-    assert all(p.stat().st_size > 10_000 for p in written)
+    assert {p.name: imread(p).shape for p in written} == {"speed_vs_wer.png": (495, 880, 4), "speedup_vs_published.png": (495, 880, 4),
+                                                          "time_split.png": (550, 660, 4)}  # inches x 110 dpi, as drawn
     assert figures.plot_thread_scaling(timings) is None and figures.plot_memory(pd.DataFrame()) is None
-    assert figures.plot_thread_scaling(pd.concat([timings, timings.assign(threads=1)])) is not None
+    scaling = figures.plot_thread_scaling(pd.concat([timings, timings.assign(threads=1, wall_s=2 * timings.wall_s)])).axes[0]
+    assert {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in scaling.get_lines()} == {
+        f"{m} {k}": ([1, 2], [2 * w, w]) for (m, k), w in WALLS.items()}  # medians over the repeats, per thread count
     memory = pd.DataFrame([{"run_id": "r1", **ENV, "model": "base", "method": "fp32", "peak_rss_mb": 900.0, "weights_disk_mb": 140.0}])
-    assert figures.plot_memory(memory) is not None
+    bars = figures.plot_memory(memory).axes[0]
+    assert [bar.get_height() for bar in bars.patches] == [900.0, 140.0]
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["peak resident memory (one transcribe)", "weights on disk"]
 
 
 def test_speedup_figure_names_both_machines(csvs):
@@ -102,10 +108,12 @@ def test_fastest_at_equal_accuracy_ignores_measurably_worse_methods(csvs):
 
 def test_headline_tables_ignore_thread_scaling_and_longform_rows(csvs):
     timings, accuracy = csvs
-    everything = pd.concat([timings, timings.assign(threads=1), timings.assign(audio_id="longform-x", audio_s=300.0)])
+    everything = pd.concat([timings, timings.assign(threads=1, wall_s=2 * timings.wall_s),
+                            timings.assign(audio_id="longform-x", audio_s=300.0, wall_s=10 * timings.wall_s)])
     assert tables.original_table(everything, tables.published()).equals(tables.original_table(timings, tables.published()))
     assert tables.speed_accuracy(everything, accuracy).equals(tables.speed_accuracy(timings, accuracy))
-    assert figures.plot_thread_scaling(everything) is not None
+    scaling = figures.plot_thread_scaling(everything).axes[0]
+    assert {line.get_label(): list(line.get_ydata()) for line in scaling.get_lines()} == {f"{m} {k}": [2 * w, w] for (m, k), w in WALLS.items()}
 
 
 def test_headline_compares_our_fastest_equal_method_with_each_peers_fastest():
@@ -155,7 +163,7 @@ def test_a_batched_job_leaves_the_window_tables_to_the_window_run_and_gets_its_o
                               ("fast-qint8-pc-batched", "whisper_cpu", 2, 2, 20.0), ("fast-qint8-pc-batched", "whisper_cpu", 8, 1, 15.0),
                               ("fast-qint8-pc", "whisper_cpu", 1, 2, 30.0), ("fast-qint8-pc", "whisper_cpu", 1, 1, 50.0),
                               ("whisper.cpp-q8_0-parallel", "whisper.cpp", 8, 2, 40.0)]])
-    both = pd.concat([timings, long], ignore_index=True)
+    both = pd.concat([timings.assign(batch_size=1), long], ignore_index=True)  # batch 1 where none is said, as results.read fills it
     assert tables.latest_run(both) == "r1"  # the README's window tables stay on the window run
     table = tables.batched_table(both, pd.DataFrame()).set_index(["method", "batch_size"])
     assert table.loc[("fast-qint8-pc-batched", 8), "vs_fw_int8_batched"] == 1.5
@@ -171,7 +179,11 @@ def test_a_batched_job_leaves_the_window_tables_to_the_window_run_and_gets_its_o
     assert pd.isna(table.loc[("whisper.cpp-q8_0-parallel", 8), "windows"]) and pd.isna(table.loc[("whisper.cpp-q8_0-parallel", 8), "encoder_pct"])
     threads = tables.batched_threads(both).set_index("method")
     assert threads.loc["fast-qint8-pc-batched", "x real time, 1 thread"] == 20.0 and threads.loc["fast-qint8-pc", "x real time, 2 threads"] == 10.0
-    assert figures.plot_batching(both) is not None
+    speed, peak = figures.plot_batching(both).axes  # at 2 threads: a sweep is a line, one batch size a level
+    assert {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in speed.get_lines()} == {
+        "base fast-qint8-pc-batched": ([2, 8], [15.0, 30.0]), "base faster-whisper-int8-batched (batch 8 only)": ([0, 1], [20.0, 20.0]),
+        "base fast-qint8-pc (batch 1 only)": ([0, 1], [10.0, 10.0]), "base whisper.cpp-q8_0-parallel (batch 8 only)": ([0, 1], [7.5, 7.5])}
+    assert peak.get_lines() == []  # no memory measured
 
 
 def test_a_batched_run_on_another_machine_gets_its_own_tables_and_replaces_nothing(csvs, scratch):

@@ -40,5 +40,18 @@ def test_concurrent_writers_never_lose_a_row(scratch):
 
 def test_environment_names_the_machine():
     env = results.environment(threads=1)
-    assert env["cpu"] and env["physical_cores"] >= 1 and env["torch"].startswith("2.13")
-    assert 1 <= machine.default_threads() <= env["logical_cpus"]
+    cpuinfo = open("/proc/cpuinfo").read()
+    model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    flags = set(next(line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags")).split())
+    assert env["cpu"] == model and env["logical_cpus"] == os.cpu_count() and env["threads"] == 1
+    assert env["isa"].split() == [f for f in machine.ISA_FLAGS if f in flags]
+    assert env["torch"].startswith("2.13.0") and env["openai_whisper"] == "20250625"
+
+
+def test_old_rows_get_their_missing_columns_once_on_reading(scratch):
+    scratch.mkdir(parents=True)
+    (scratch / "timings.csv").write_text("run_id,wall_s\nold,3.0\n")
+    results.append("timings", [{"run_id": "new", "wall_s": 1.0, "decoding": "fallback+cond", "batch_size": 8, "status": "failed"}])
+    rows = results.read("timings")
+    assert rows[["decoding", "weights", "batch_size", "isa", "status"]].values.tolist() == [
+        ["t0", "real", 1, "", "ok"], ["fallback+cond", "real", 8, "", "failed"]]

@@ -1,7 +1,11 @@
 """`whisper-cpu serve` through the official `openai` client, its errors, and a bounded load test in its own process."""
 
+import contextlib
+import io
+import os
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -9,27 +13,55 @@ import pytest
 import uvicorn
 from openai import APIStatusError, AuthenticationError, BadRequestError, OpenAI
 
-from whisper_cpu import registry, serve
+from whisper_cpu import audio, cli, registry, serve
 from whisper_cpu.bench import inputs, load, results
 
 KEY = "test-key"
+SERVE = ["serve", "--model", "tiny.en", "--method", "fast-fp32-batched", "--threads", str(min(2, len(os.sched_getaffinity(0))))]
+
+
+def start(argv: list[str], environ: dict, run) -> str:
+    """`whisper-cpu serve ARGV` under ENVIRON with `serve.run` replaced by RUN; what it printed."""
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as said:
+        patch.delenv("WHISPER_CPU_API_KEY", raising=False)
+        for name, value in environ.items():
+            patch.setenv(name, value)
+        patch.setattr(serve, "run", run)
+        cli.main(argv)
+    return said.getvalue()
 
 
 @pytest.fixture(scope="module")
-def server():
-    """The app on a free port in this process, tiny.en on the batched fp32 path (a window's words do not depend on its
-    batch there), with an API key and a 4 MB limit."""
-    runner = registry.get("fast-fp32-batched").load("tiny.en", 2)
-    settings = serve.Settings(model="tiny.en", method="fast-fp32-batched", api_key=KEY, max_bytes=4 * 2**20, queue_size=3, batch_size=4)
-    config = uvicorn.Config(serve.create_app(runner, True, settings), host="127.0.0.1", port=load._free_port(), log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    while not instance.started:
+def served():
+    """`whisper-cpu serve` as users start it, its API key from $WHISPER_CPU_API_KEY, a 4 MB limit: uvicorn on a free port
+    in a thread of this process, tiny.en on the batched fp32 path (a window's words do not depend on its batch there)."""
+    got = SimpleNamespace()
+
+    def run(settings, runner, host, port):
+        got.settings, got.instance = settings, uvicorn.Server(uvicorn.Config(serve.create_app(runner, settings), host=host, port=port,
+                                                                             log_level="warning"))
+        got.thread = threading.Thread(target=got.instance.run, daemon=True)
+        got.thread.start()
+
+    port = load._free_port()
+    got.said = start([*SERVE, "--port", str(port), "--max-mb", "4", "--queue-size", "3", "--batch-size", "4"], {"WHISPER_CPU_API_KEY": KEY}, run)
+    while not got.instance.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{config.port}/v1"
-    instance.should_exit = True
-    thread.join(timeout=60)
+    got.url = f"http://127.0.0.1:{port}/v1"
+    yield got
+    got.instance.should_exit = True
+    got.thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
+
+
+def post(server, path, key=KEY, **fields) -> httpx.Response:
+    """A transcription request for the file at PATH, as any HTTP client sends it."""
+    return httpx.post(f"{server}/audio/transcriptions", files={"file": (path.name, path.read_bytes())}, data={"model": "whisper-1", **fields},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
 @pytest.fixture
@@ -73,15 +105,9 @@ def test_errors_have_openais_shape(server, client, tmp_path):
 
 
 def test_concurrent_requests_get_the_same_words_or_a_503(server, clips, mirror):
-    data = inputs.locate(clips["whisper_jfk"]).read_bytes()
+    path = inputs.locate(clips["whisper_jfk"])
     answers = []
-
-    def post():
-        response = httpx.post(f"{server}/audio/transcriptions", files={"file": ("jfk.flac", data)}, data={"model": "whisper-1"},
-                              headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
-        answers.append(response)
-
-    posts = [threading.Thread(target=post) for _ in range(8)]
+    posts = [threading.Thread(target=lambda: answers.append(post(server, path))) for _ in range(8)]
     for t in posts:
         t.start()
     for t in posts:
@@ -114,7 +140,7 @@ class _Held:
 
 def test_worker_groups_equal_options_bounds_its_queue_and_drains_on_close():
     held = _Held()
-    worker = serve.Worker(held, True, serve.Settings(model="tiny.en", method="x", queue_size=4, batch_size=8))
+    worker = serve.Worker(held, serve.Settings(model="tiny.en", method="x", queue_size=4, batch_size=8))
     english, german = serve.DecodeOptions(language="en"), serve.DecodeOptions(language="de")
     futures = [worker.submit(np.zeros(16000), english)]
     time.sleep(0.2)  # the worker holds the first request
@@ -125,3 +151,71 @@ def test_worker_groups_equal_options_bounds_its_queue_and_drains_on_close():
     worker.close()
     assert [f.result().text for f in futures] == ["en", "en", "de", "en"]
     assert held.calls == [1, 2, 1]  # the two waiting English requests in one call, the German one apart
+
+
+REFUSED = {"error": {"message": "missing or wrong API key: send Authorization: Bearer <key>", "type": "authentication_error", "param": None, "code": None}}
+
+
+def test_the_api_key_from_the_environment_guards_every_route(served, clips, mirror):
+    assert served.said == f"serving tiny.en (fast-fp32-batched) on {served.url} with an API key\n"
+    assert served.settings == serve.Settings(model="tiny.en", method="fast-fp32-batched", api_key=KEY, max_bytes=4 * 2**20, queue_size=3, batch_size=4)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        answer = httpx.get(f"{served.url}/models", headers=headers)
+        assert (answer.status_code, answer.json()) == (401, REFUSED)
+    answer = post(served.url, inputs.locate(clips["deepspeech_LDC93S1"]), key="wrong")
+    assert (answer.status_code, answer.json()) == (401, REFUSED)
+
+
+@pytest.mark.parametrize("flag, key", [((), None), (("--api-key", "from-flag"), "from-flag")])
+def test_the_api_key_flag_wins_over_the_environment_and_none_means_open(monkeypatch, flag, key):
+    monkeypatch.setattr(cli.transcribe, "load", lambda opts, log: (SimpleNamespace(batch_size=8), registry.get("fast-fp32-batched")))
+    seen = []
+    said = start([*SERVE, *flag], {"WHISPER_CPU_API_KEY": "from-env"} if flag else {}, lambda settings, *rest: seen.append(settings))
+    assert seen == [serve.Settings(model="tiny.en", method="fast-fp32-batched", api_key=key, batch_size=8)]
+    assert said == f"serving tiny.en (fast-fp32-batched) on http://127.0.0.1:8000/v1 {'with' if key else 'without'} an API key\n"
+
+
+def test_models_lists_the_loaded_model_and_whisper_1(server):
+    answer = httpx.get(f"{server}/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 200 and answer.json() == {"object": "list", "data": [
+        {"id": "tiny.en", "object": "model", "owned_by": "whisper-cpu"}, {"id": "whisper-1", "object": "model", "owned_by": "whisper-cpu"}]}
+
+
+def test_a_silent_upload_is_a_400(server, tmp_path):
+    silent = tmp_path / "silent.wav"
+    audio.write_wav(silent, np.zeros(2 * audio.SAMPLE_RATE, dtype=np.float32))
+    answer = post(server, silent)
+    assert (answer.status_code, answer.json()) == (400, {"error": {"message": "no signal (silence)", "type": "invalid_request_error",
+                                                                   "param": None, "code": None}})
+
+
+def test_vtt_is_webvtt_cue_by_cue(server, clips, mirror):
+    answer = post(server, inputs.locate(clips["whisper_jfk"]), response_format="vtt")
+    assert answer.headers["content-type"] == "text/plain; charset=utf-8" and answer.text == (
+        "WEBVTT\n\n"
+        "00:00.000 --> 00:07.740\nAnd so my fellow Americans ask not what your country can do for you\n\n"
+        "00:07.740 --> 00:10.740\nask what you can do for your country\n\n")
+
+
+def test_the_prompt_steers_the_spelling(server, clips, mirror):
+    path = inputs.locate(clips["deepspeech_LDC93S1"])
+    assert post(server, path, response_format="text").text == "She had your dog suit and greasy wash water all year.\n"
+    assert post(server, path, response_format="text", prompt="Greasy wash-water.").text == "She had your dog suit in Greasy wash-water all year.\n"
+
+
+def test_temperature_replaces_the_fallback_schedule(server, clips, mirror):
+    path = inputs.locate(clips["deepspeech_LDC93S1"])
+    assert [s["temperature"] for s in post(server, path, response_format="verbose_json").json()["segments"]] == [0.0]
+    assert {s["temperature"] for s in post(server, path, response_format="verbose_json", temperature="0.6").json()["segments"]} == {0.6}
+    assert serve.request_options("base", "transcribe", None, "", 0.6, False) == serve.DecodeOptions(temperature=(0.6,))
+
+
+def test_language_is_read_by_code_or_name_and_checked_against_the_model(server, clips, mirror):
+    path = inputs.locate(clips["deepspeech_LDC93S1"])
+    assert post(server, path, language="English", response_format="verbose_json").json()["language"] == "en"
+    for language, message in (("de", "tiny.en is English-only: use a multilingual model (e.g. base) for 'de'"),
+                              ("klingon", "unknown language 'klingon': use a code such as en, de, fr or a name such as german")):
+        answer = post(server, path, language=language)
+        assert (answer.status_code, answer.json()["error"]["message"]) == (400, message)
+    assert serve.request_options("base", "transcribe", "German", "Hi.", 0.0, True) == serve.DecodeOptions(
+        language="de", initial_prompt="Hi.", word_timestamps=True)

@@ -13,9 +13,9 @@ import whisper
 from faster_whisper.tokenizer import Tokenizer as FasterWhisperTokenizer
 from tokenizers import Tokenizer
 
-from whisper_cpu import UserError, models, registry
+from whisper_cpu import UserError, ct2, models, registry
 from whisper_cpu.audio import load
-from whisper_cpu.bench import ct2, figures, harness, inputs, publish, results, tables
+from whisper_cpu.bench import figures, harness, inputs, publish, results, tables
 from whisper_cpu.runner import DecodeOptions, forced_options
 
 # Parameter counts openai-whisper's README gives (millions), turbo's from its model card.
@@ -113,11 +113,18 @@ def test_sizes_job_labels_random_weights_and_keeps_its_rows_apart(scratch, mirro
         tables.load_timings()  # forced rows are not transcribes: no window table is made of them
     table = tables.sizes_table(tables.load_forced(), tables.published(), run_id)
     (row,) = table.to_dict("records")
-    assert row["weights"] == "random" and row["published_qint8_speedup"] == 0.74 and row["ours_vs_fw"] > 0
+    wall = rows[rows.device == "cpu"].set_index("method").wall_s  # one repeat: each method's median is its one row
+    assert (row["weights"], row["tokens"], row["published_qint8_speedup"], row["qint8_speedup"]) == ("random", 86, 0.74, None)
+    assert row["fast_speedup"] == round(wall["fp32-nn"] / wall["fast-qint8-pc"], 2)
+    assert row["ours_vs_fw"] == round(wall["faster-whisper-int8"] / wall["fast-qint8-pc"], 2)
     assert tables.sizes_runs(tables.load_forced()) == [run_id] and tables.gpu_table(tables.load_forced(), tables.published()).empty
     markdown = publish.sizes_markdown(tables.published())
     assert run_id in markdown and "timing only" in markdown and "| tiny " in markdown
-    assert figures.plot_sizes(tables.load_forced(), tables.published()) is not None
+    figure = figures.plot_sizes(tables.load_forced(), tables.published())
+    bars = {c.get_label().split(":")[0]: [b.get_height() for b in c] for c in figure.axes[0].containers}  # series: height per size
+    sizes = list(dict.fromkeys(tables.published().model))
+    assert bars["published qint8"][sizes.index("tiny")] == 0.74 and bars["qint8"] == [0] * len(sizes)
+    assert bars["fast-qint8-pc"] == [row["fast_speedup"] if size == "tiny" else 0 for size in sizes]
 
 
 @pytest.mark.sizes

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +8,7 @@ import pytest
 
 from whisper_cpu import UserError, audio, machine, registry, transcribe
 from whisper_cpu.bench import inputs, tables
-from whisper_cpu.runner import DecodeOptions, Transcript
+from whisper_cpu.runner import DecodeOptions, Runner, Transcript
 
 HERE, ISA = machine.cpu_name(), machine.isa()
 FORMATS = ("txt", "srt", "vtt", "json", "tsv")
@@ -79,7 +78,7 @@ def test_auto_uses_the_documented_default_when_nothing_was_measured_here(tmp_pat
 
 def timing_rows(run_id, walls, decoding=DECODING, cpu=HERE):
     return [{"run_id": run_id, "cpu": cpu, "isa": ISA, "model": "base", "method": m, "device": "cpu", "beam_size": 1, "threads": 2, "decoding": decoding,
-             "audio_id": "w", "audio_s": 30.0, "wall_s": w} for m, w in walls.items()]
+             "audio_id": "w", "audio_s": 30.0, "batch_size": 1, "wall_s": w} for m, w in walls.items()]
 
 
 def score_rows(run_id, lows, decoding=DECODING, **extra):
@@ -117,9 +116,22 @@ def test_languages():
             transcribe.language_for(model, language)
 
 
+class Empty(Runner):
+    multilingual, weights = False, []
+
+    def transcribe(self, source, options, progress=False):
+        return Transcript("", [], "en")
+
+
+def test_every_runner_runs_many_files_in_order_each_failure_as_its_result(tmp_path):
+    sources = [tmp_path / "missing.wav", np.zeros(16000, dtype=np.float32), np.ones(16000, dtype=np.float32)]
+    out = list(Empty().many(sources, DecodeOptions()))
+    assert len(out) == 3 and all(s is source for (s, _), source in zip(out, sources))
+    assert isinstance(out[0][1], UserError) and "silence" in str(out[1][1]) and isinstance(out[2][1], Transcript)
+
+
 def test_empty_transcripts_are_written_with_a_note_and_clashing_names_refused(monkeypatch, tmp_path, clips, mirror, capsys):
-    fake = SimpleNamespace(transcribe=lambda samples, options, progress=False: Transcript("", [], "en"))
-    monkeypatch.setitem(registry.REGISTRY, "fake", registry.Entry("fake", registry.OURS, "returns nothing", lambda model, threads: fake))
+    monkeypatch.setitem(registry.REGISTRY, "fake", registry.Entry("fake", registry.OURS, "returns nothing", lambda model, threads: Empty()))
     monkeypatch.setattr(transcribe.torch, "set_num_threads", lambda n: None)  # leave the other tests' threads alone
     clip = inputs.locate(clips["deepspeech_LDC93S1"])
     (tmp_path / "again").mkdir()

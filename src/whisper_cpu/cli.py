@@ -77,7 +77,7 @@ def cmd_serve(args) -> None:
                               max_bytes=int(args.max_mb * 2**20), queue_size=args.queue_size, batch_size=getattr(runner, "batch_size", 1) or 1)
     print(f"serving {args.model} ({entry.name}) on http://{args.host}:{args.port}/v1 {'with' if settings.api_key else 'without'} an API key",
           file=sys.stderr)
-    serve.run(settings, runner, entry.batched, args.host, args.port)
+    serve.run(settings, runner, args.host, args.port)
 
 
 def cmd_models(args) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, machine, pipeline, registry, transcribe
+from . import UserError, machine, registry, transcribe
 from .audio import SAMPLE_RATE
 from .files import sha256, write_text
-from .runner import DecodeOptions, Transcript
+from .runner import DecodeOptions, Transcript, read
 
 AUDIO = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4", ".aac", ".wma", ".mkv", ".aiff", ".aif", ".mov"}
 RECORDS = "records.jsonl"
@@ -105,7 +105,7 @@ class Transcriber:
 
     def __init__(self, opts: Options, method: str, threads: int, root: Path):
         self.opts, self.method, self.root = opts, method, Path(root)
-        self.runner, self.entry = transcribe.load(replace(opts, method=method, threads=threads), log=lambda line: None)
+        self.runner, _ = transcribe.load(replace(opts, method=method, threads=threads), log=lambda line: None)
 
     def __call__(self, files: Iterable[tuple[Path, str]], output_dir: Path) -> Iterator[dict]:
         """A record per file as each finishes (a file that does not read, as soon as it is read). Outputs keep the
@@ -115,29 +115,20 @@ class Transcriber:
         def readable() -> Iterator[np.ndarray]:
             for path, digest in digests.items():
                 try:
-                    samples[path] = pipeline.read(path)
+                    samples[path] = read(path)
                 except UserError as error:
                     finished[path] = self._record(path, digest, 0.0, error=str(error))
                     continue
                 order.append(path)
                 yield samples[path]
 
-        decoded = self.runner.many(readable(), self.opts.decoding) if self.entry.batched else self._one_by_one(readable())
         start = time.perf_counter()
-        for i, (_, transcript) in enumerate(decoded):  # in the order the arrays went in
+        for i, (_, transcript) in enumerate(self.runner.many(readable(), self.opts.decoding)):  # in the order the arrays went in
             path = order[i]
             finished[path] = self._finish(path, digests[path], transcript, samples.pop(path), output_dir, time.perf_counter() - start)
             start = time.perf_counter()
             yield from _drain(finished)
         yield from _drain(finished)
-
-    def _one_by_one(self, arrays: Iterator[np.ndarray]) -> Iterator[tuple]:
-        """The sequential runners' transcripts as `many` gives them, a failed one as its error."""
-        for samples in arrays:
-            try:
-                yield samples, self.runner.transcribe(samples, self.opts.decoding)
-            except UserError as error:
-                yield samples, error
 
     def _finish(self, path: Path, digest: str, transcript, samples, output_dir: Path, elapsed: float) -> dict:
         if isinstance(transcript, Exception):
@@ -172,9 +163,8 @@ def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(li
     opts = replace(opts, decoding=replace(opts.decoding, language=transcribe.language_for(opts.model, opts.decoding.language)))
     transcribe.check_options(opts)
     threads = opts.threads or machine.default_threads()
-    method = opts.method
-    if method == "auto":
-        method, why = transcribe.choose_method(opts.model, threads)
+    method, why = transcribe.resolve_method(opts.model, opts.method, threads)
+    if why:
         log(f"method {method}: {why}")
     registry.ours(method)
     left = todo(paths, compact(output_dir), opts.model, method)

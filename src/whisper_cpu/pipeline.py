@@ -30,20 +30,11 @@ from whisper.tokenizer import get_tokenizer
 from tqdm import tqdm
 
 from . import UserError
-from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, samples_of
+from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, read
 
 SECONDS_PER_TOKEN = 0.02
 REST_S = 1.0  # audio left after a window's last timestamp that is decoded again when it holds speech
 BATCH = 8  # windows per batch where memory allows: on 2 cores base gains little beyond it (README, batch sweep)
-SILENCE = 1e-4  # peak absolute amplitude below which a file holds no signal at all
-
-
-def read(source: Path | np.ndarray) -> np.ndarray:
-    """The samples of a file or array; one that holds no signal is refused in one line."""
-    samples = samples_of(source)
-    if not len(samples) or np.abs(samples).max() < SILENCE:
-        raise UserError("no signal (silence)")
-    return samples
 
 
 def speech_regions(samples: np.ndarray, length: int = N_SAMPLES) -> list[tuple[int, int]]:
@@ -301,7 +292,7 @@ def default_batch_size(model: Whisper) -> int:
 
 
 class BatchedRunner(TorchRunner):
-    """A `Runner` whose `transcribe` is the batched pipeline; `many` transcribes a stream of files."""
+    """A `Runner` whose `many` is the batched pipeline over a stream of files, and `transcribe` that of one file."""
 
     def __init__(self, model: Whisper, weights: list, batch_size: int | None = None):
         super().__init__(model, weights)

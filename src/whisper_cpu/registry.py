@@ -7,6 +7,8 @@ a peer is adding one entry; the benchmark registers the peers (`whisper_cpu.benc
 ever runs our own methods.
 """
 
+import importlib
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -130,6 +132,13 @@ for _entry in [
     register(_entry)
 
 DEFAULT = "fast-qint8-pc"  # `transcribe --method auto` where this CPU has no measurements: faithful in both gates for tiny.en and base (README)
+
+
+def load_plugins() -> None:
+    """Import the modules named in $WHISPER_CPU_PLUGINS (comma-separated): each registers entries of its own, a method
+    or a peer the project does not ship, and every benchmark process (children included) sees them."""
+    for module in filter(None, (name.strip() for name in os.environ.get("WHISPER_CPU_PLUGINS", "").split(","))):
+        importlib.import_module(module)
 
 
 def get(name: str) -> Entry:

@@ -7,6 +7,7 @@ fallback, conditioning on the previous window's text, no-speech skipping.
 """
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,10 +17,11 @@ import torch
 import whisper
 from whisper.model import Whisper
 
-from . import audio
+from . import UserError, audio
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 FORCED = 86  # decoder steps of a forced window: what tiny.en and base produce on the benchmark window (results/timings.csv)
+SILENCE = 1e-4  # peak absolute amplitude below which a file holds no signal at all
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,22 @@ def samples_of(source: Path | np.ndarray) -> np.ndarray:
     return source if isinstance(source, np.ndarray) else audio.load(source)
 
 
+def read(source: Path | np.ndarray) -> np.ndarray:
+    """The samples of a file or array; one that holds no signal is refused in one line."""
+    samples = samples_of(source)
+    if not len(samples) or np.abs(samples).max() < SILENCE:
+        raise UserError("no signal (silence)")
+    return samples
+
+
 def spoken(runner: "Runner", language: str) -> str:
     """The language to decode a clip in: its own on a multilingual model, English on an English-only one."""
     return language if runner.multilingual else "en"
 
 
 class Runner(Protocol):
+    """Every runner subclasses it for `many`: the transcriber, the corpus and the server run files through it alone."""
+
     multilingual: bool
     weights: list  # the files it loaded, for model size on disk
 
@@ -97,6 +109,16 @@ class Runner(Protocol):
         """(encoder_s, decoder_s, tokens) for the first 30 s window alone, at temperature 0; `forced`: exactly that many
         decoder steps, end of text suppressed and no timestamps, so that any weights (random ones too) do the same work."""
 
+    def many(self, sources: Iterable[Path | np.ndarray], options: DecodeOptions,
+             progress: bool = False) -> Iterator[tuple[Path | np.ndarray, Transcript | UserError]]:
+        """(source, transcript or its error) for every file or array, in order, each read by `read`: here one at a
+        time; the batched runner decodes the windows of all of them together."""
+        for source in sources:
+            try:
+                yield source, self.transcribe(read(source), options, progress)
+            except UserError as error:
+                yield source, error
+
 
 def forced_options(model: Whisper, options: DecodeOptions, steps: int, fp16: bool = False) -> whisper.DecodingOptions:
     """Exactly `steps` greedy decoder steps: end of text suppressed (with openai-whisper's usual set), no timestamps."""
@@ -105,7 +127,7 @@ def forced_options(model: Whisper, options: DecodeOptions, steps: int, fp16: boo
                                    suppress_tokens=[-1, eot], without_timestamps=True, fp16=fp16)
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """openai-whisper's own transcribe and decode on a (possibly transformed) PyTorch model; `fp16`: half-precision
     activations, as openai-whisper runs on a GPU by default."""
 

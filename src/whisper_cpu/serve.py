@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from whisper.utils import get_writer
 
-from . import UserError, pipeline
+from . import UserError
 from .audio import SAMPLE_RATE
-from .runner import DecodeOptions, Runner, Transcript
+from .runner import DecodeOptions, Runner, Transcript, read
 from .transcribe import language_for
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -54,8 +54,8 @@ class Full(Exception):
 class Worker:
     """The queue and the thread that decodes it; requests with equal options leave it together."""
 
-    def __init__(self, runner: Runner, batched: bool, settings: Settings):
-        self.runner, self.batched, self.settings = runner, batched, settings
+    def __init__(self, runner: Runner, settings: Settings):
+        self.runner, self.settings = runner, settings
         self.pending: list[Job] = []
         self.busy = 0
         self.closing = False
@@ -97,16 +97,8 @@ class Worker:
                     self.busy = 0
 
     def _decode(self, group: list[Job]) -> None:
-        options = group[0].options
-        if self.batched:
-            for job, (_, transcript) in zip(group, self.runner.many([j.samples for j in group], options)):
-                (job.future.set_exception if isinstance(transcript, Exception) else job.future.set_result)(transcript)
-        else:
-            for job in group:
-                try:
-                    job.future.set_result(self.runner.transcribe(job.samples, options))
-                except UserError as error:
-                    job.future.set_exception(error)
+        for job, (_, transcript) in zip(group, self.runner.many([j.samples for j in group], group[0].options)):
+            (job.future.set_exception if isinstance(transcript, Exception) else job.future.set_result)(transcript)
 
     def close(self) -> None:
         """Decode what was accepted, then stop."""
@@ -123,7 +115,7 @@ def read_upload(data: bytes, name: str) -> np.ndarray:
         tmp.write(data)
         tmp.flush()
         try:
-            return pipeline.read(Path(tmp.name))
+            return read(Path(tmp.name))
         except UserError as error:
             raise UserError(str(error).replace(tmp.name, name or "the upload")) from None
 
@@ -157,7 +149,7 @@ def render(transcript: Transcript, response_format: str, task: str, duration: fl
     return body, "application/json"
 
 
-def create_app(runner: Runner, batched: bool, settings: Settings):
+def create_app(runner: Runner, settings: Settings):
     """The FastAPI application around one loaded runner."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -168,7 +160,7 @@ def create_app(runner: Runner, batched: bool, settings: Settings):
     @asynccontextmanager
     async def lifespan(app):
         nonlocal worker
-        worker = Worker(runner, batched, settings)
+        worker = Worker(runner, settings)
         yield
         await asyncio.to_thread(worker.close)
 
@@ -232,10 +224,10 @@ def create_app(runner: Runner, batched: bool, settings: Settings):
     return app
 
 
-def run(settings: Settings, runner: Runner, batched: bool, host: str = "127.0.0.1", port: int = 8000) -> None:
+def run(settings: Settings, runner: Runner, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted (SIGINT/SIGTERM): uvicorn stops accepting and waits for the requests in flight."""
     import uvicorn
 
     # uvicorn shuts down gracefully, then raises the signal again under the handler found before it: SIGTERM then exits 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(runner, batched, settings), host=host, port=port, timeout_graceful_shutdown=60, log_level="warning")
+    uvicorn.run(create_app(runner, settings), host=host, port=port, timeout_graceful_shutdown=60, log_level="warning")

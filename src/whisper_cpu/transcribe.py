@@ -18,7 +18,7 @@ import torch
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from whisper.utils import get_writer
 
-from . import UserError, machine, pipeline, registry, workspace
+from . import UserError, machine, registry, workspace
 from .runner import DecodeOptions, Runner
 
 FORMATS = ("txt", "srt", "vtt", "json", "tsv", "all")
@@ -42,6 +42,12 @@ WRITER_OPTIONS = ("highlight_words", "max_line_width", "max_line_count", "max_wo
 def _runnable(name: str) -> bool:
     entry = registry.REGISTRY.get(name)
     return entry is not None and entry.ours and entry.unavailable() is None
+
+
+def faithful(method: str, *ci_lows: float | None) -> bool:
+    """The rule `auto` trusts: fp32 itself, or every gate's 95% CI of the WER change against fp32 reaches zero (a
+    missing one, None or NaN, counts as failed). The benchmark's report applies it when it writes choices.json."""
+    return method == "fp32" or all(low is not None and low <= 0 for low in ci_lows)
 
 
 def _read_choices(path: Path) -> list[dict]:
@@ -71,6 +77,11 @@ def choose_method(model: str, threads: int, path: Path | None = None) -> tuple[s
     return best["method"], (f"the fastest of our methods measured on {cpu} for {model} that keeps fp32's words: "
                             f"{best[speed]:.2f} s per 30 s {what} on {best['threads']} thread{'s' if best['threads'] > 1 else ''} "
                             f"(run {best[run]}); {best['why']}")
+
+
+def resolve_method(model: str, method: str, threads: int) -> tuple[str, str | None]:
+    """(method, why): `auto` as the measured choice and why it was made, any other name as it is (no why)."""
+    return choose_method(model, threads) if method == "auto" else (method, None)
 
 
 def language_for(model: str, language: str | None) -> str | None:
@@ -108,22 +119,12 @@ def write_outputs(result: dict, source: Path, output_format: str, output_dir: Pa
     return written
 
 
-def _sequential(runner: Runner, paths: list[Path], decoding: DecodeOptions):
-    """(path, transcript or its error) one file at a time, as the batched runners' `many` gives them."""
-    for path in paths:
-        try:
-            yield path, runner.transcribe(pipeline.read(path), decoding, progress=True)
-        except UserError as error:
-            yield path, error
-
-
 def load(opts: Options, log=lambda line: print(line, file=sys.stderr)) -> tuple[Runner, registry.Entry]:
     """The runner of the method `opts` names (`auto`: the measured choice, said in one line), on its threads."""
     threads = opts.threads or machine.default_threads()
     torch.set_num_threads(threads)
-    name = opts.method
-    if name == "auto":
-        name, why = choose_method(opts.model, threads)
+    name, why = resolve_method(opts.model, opts.method, threads)
+    if why:
         log(f"method {name}: {why}")
     entry = registry.ours(name)
     runner = entry.load(opts.model, threads)
@@ -140,7 +141,7 @@ def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.
         Path(opts.output_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the output folder {opts.output_dir}: {error.strerror or error}") from None
-    runner, entry = load(opts, log)
+    runner, _ = load(opts, log)
     failed, unique = 0, {}
     for path in map(Path, paths):
         if path.stem in unique:
@@ -148,8 +149,7 @@ def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.
             failed += 1
         else:
             unique[path.stem] = path
-    transcripts = runner.many(list(unique.values()), opts.decoding, progress=True) if entry.batched else _sequential(runner, list(unique.values()), opts.decoding)
-    for path, transcript in transcripts:
+    for path, transcript in runner.many(list(unique.values()), opts.decoding, progress=True):
         try:
             if isinstance(transcript, UserError):
                 raise transcript

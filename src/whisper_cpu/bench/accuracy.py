@@ -19,7 +19,7 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 from .. import UserError, machine, models, registry, workspace
 from ..runner import DecodeOptions, spoken
-from . import inputs, results
+from . import inputs, isolate, results
 
 CHARACTER_LANGUAGES = {"ja", "ko", "zh", "th", "lo", "my", "km"}
 _ENGLISH, _BASIC = EnglishTextNormalizer(), BasicTextNormalizer()
@@ -64,29 +64,31 @@ class Options:
     threads: int = 0
     manifest: Path | None = None
     audio_dir: Path | None = None
+    timeout: float = isolate.TIMEOUT  # seconds one model x method may take (in its own process) before it counts as hung
 
 
-def transcribe_clips(model_name: str, method_name: str, clips: list, opts: Options, threads: int, run_id: str, bar) -> list[dict]:
-    """One record per utterance, as the Open ASR Leaderboard keeps them."""
-    runner = registry.get(method_name).load(model_name, threads)
+def transcribe_config(spec: dict) -> None:
+    """In a child: one model x method over its pending clips, one record per utterance as the Open ASR Leaderboard keeps
+    them, each appended as soon as it is decoded."""
+    opts, clips = spec["opts"], spec["clips"]
+    torch.set_num_threads(spec["threads"])
+    runner = registry.get(spec["method"]).load(spec["model"], spec["threads"])
 
     def decoding(clip: inputs.Clip) -> DecodeOptions:
         return replace(opts.decoding, language=spoken(runner, clip.language))
 
     shortest = min(clips, key=lambda item: item[0].duration_s)
     runner.transcribe(shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
-    records = []
     for clip, path in clips:
         start = time.perf_counter()
         transcript = runner.transcribe(path, decoding(clip))
-        records.append({
-            "run_id": run_id, "model": model_name, "method": method_name, "audio_id": clip.id,
+        results.append_jsonl(spec["transcripts"], [{
+            "run_id": spec["run_id"], "model": spec["model"], "method": spec["method"], "audio_id": clip.id,
             "language": clip.language, "duration_s": clip.duration_s, "seconds": round(time.perf_counter() - start, 4),
             "decoding": opts.decoding.tag, "fallbacks": transcript.fallbacks,
             "reference": clip.reference, "hypothesis": transcript.text,
-        })
-        bar.update(1)
-    return records
+        }])
+        isolate.report(1)
 
 
 def score(records: list[dict]) -> list[dict]:
@@ -103,7 +105,7 @@ def score(records: list[dict]) -> list[dict]:
             "n_utterances": len(group), "audio_s": round(sum(r["duration_s"] for r in group), 3),
             "wer": round(sum(r["word_errors"] for r in group) / sum(r["words"] for r in group), 5),
             "cer": round(sum(r["char_errors"] for r in group) / sum(r["chars"] for r in group), 5),
-            "rtfx": round(sum(r["duration_s"] for r in group) / sum(r["seconds"] for r in group), 2),
+            "rtfx": round(sum(r["duration_s"] for r in group) / seconds, 2) if (seconds := sum(r["seconds"] for r in group)) else None,
             "metric": "cer" if language in CHARACTER_LANGUAGES else "wer",
             "fallbacks": sum(r.get("fallbacks") or 0 for r in group),
         }
@@ -144,13 +146,33 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
             if pending:
                 todo.append((model_name, method_name, pending))
     bar = tqdm(total=sum(len(p) for *_, p in todo), desc=f"accuracy {run_id}", unit="clip")
+    failed = {}
     for model_name, method_name, pending in todo:
         bar.set_postfix_str(f"{model_name} {method_name}")
-        results.append_jsonl(transcripts, transcribe_clips(model_name, method_name, pending, opts, threads, run_id, bar))
+        spec = {"opts": opts, "model": model_name, "method": method_name, "clips": pending, "threads": threads, "run_id": run_id,
+                "transcripts": transcripts}
+        if why := isolate.call("whisper_cpu.bench.accuracy:transcribe_config", spec, opts.timeout, bar.update):
+            bar.write(f"note: {model_name} {method_name} failed: {why}")
+            failed[(model_name, method_name)] = why
     bar.close()
-    env = results.environment(threads)
-    wanted = {(m, k) for m in opts.models for k in ("fp32", *opts.methods)}
-    records = [r for r in results.read_jsonl(transcripts) if (r["model"], r["method"]) in wanted]
-    results.append("accuracy", [{"run_id": run_id, "timestamp": results.now(), **env, "beam_size": opts.decoding.beam_size or 1,
-                                 "decoding": opts.decoding.tag, **row} for row in score(records)])
+    append_scores("accuracy", run_id, opts.models, opts.methods, opts.decoding, threads, failed, score, results.read_jsonl(transcripts))
     return run_id
+
+
+def append_scores(table: str, run_id: str, model_names, method_names, decoding: DecodeOptions, threads: int, failed: dict, scorer,
+                  records) -> None:
+    """A gate's rows: the scores of every model x method that finished (fp32 always, as the baseline), and a failed row
+    with its reason for each that did not (its partial records are not scored). A resumed run adds only scores its
+    run does not hold yet."""
+    wanted = {(m, k) for m in model_names for k in ("fp32", *method_names)} - set(failed)
+    common = {"run_id": run_id, "timestamp": results.now(), **results.environment(threads), "beam_size": decoding.beam_size or 1,
+              "decoding": decoding.tag}
+    held = results.read(table)
+    held = held[(held.run_id == run_id) & (held.status != results.FAILED)] if len(held) else held
+    keys = ["model", "method", "beam_size", "decoding", "language" if table == "accuracy" else "audio_id"]
+    seen = set(map(tuple, held[keys].itertuples(index=False))) if len(held) else set()
+    rows = [{**common, **row, "status": "ok"} for row in scorer([r for r in records if (r["model"], r["method"]) in wanted])]
+    results.append(table, [
+        *(row for row in rows if tuple(row[k] for k in keys) not in seen),
+        *({**common, "model": m, "method": k, "system": registry.get(k).system.name, "status": results.FAILED, "error": why}
+          for (m, k), why in failed.items())])

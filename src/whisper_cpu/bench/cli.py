@@ -1,7 +1,6 @@
 """The benchmark's commands: bench, accuracy, longform, compare, report, audio (and the memory probe's child)."""
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +8,7 @@ import pandas as pd
 from .. import UserError, models, registry
 from ..cli import threads
 from ..runner import DecodeOptions
-from . import accuracy, figures, harness, inputs, longform, peak, publish, results, tables
+from . import accuracy, figures, harness, inputs, isolate, longform, peak, publish, results, tables
 
 METHODS_HELP = "default: the original experiment's ({}); any of: {}"
 
@@ -37,7 +36,8 @@ def cmd_bench(args) -> None:
     model_names = args.models or (harness.size_models() if args.sizes else DEFAULT_MODELS)
     opts = harness.Options(models=tuple(model_names), methods=tuple(args.methods or default), repeats=args.repeats, decoding=_decoding(args),
                            threads=args.threads or harness.machine.default_threads(), batch_sizes=tuple(args.batch_sizes or ()),
-                           manifest=args.manifest, forced=args.forced, memory=not args.skip_memory)
+                           manifest=args.manifest, forced=args.forced, memory=not args.skip_memory, retries=args.retries,
+                           timeout=args.timeout)
     _check(opts.methods, opts.models, args.resume)
     if args.sizes:
         run_id = harness.run_sizes(opts, run_id=args.resume)
@@ -55,14 +55,18 @@ def cmd_bench(args) -> None:
         print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
         print(f"\nrun {run_id}: long recordings, medians over repeats; real-time factor (x) and WER change against sequential fp32")
         print(tables.batched_table(tables.load_timings(), tables.load_longform(), run_id).to_string(index=False))
+        _print_failures(run_id)
         return
     else:
         clip = _input(args)
         print(f"input: {clip.id} ({clip.duration_s:.1f} s, {'real speech' if clip.real else 'synthesized'}); threads: {opts.threads}")
         run_id = harness.run(opts, clip, run_id=args.resume)
     print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
+    _print_failures(run_id)
     timings = tables.load_timings()
     timings = timings[timings.run_id == run_id]
+    if not len(timings):
+        raise UserError(f"run {run_id}: no configuration finished")
     timings = timings[timings.audio_id == timings.audio_id.iloc[0]]
     table = tables.with_wer(tables.summary(timings), tables.load_accuracy())
     columns = ["model", "method", "device", "repeats", "wall_s", "speedup_vs_fp32", "x_realtime", "encoder_s",
@@ -70,6 +74,14 @@ def cmd_bench(args) -> None:
     print(f"\nrun {run_id}: medians over repeats, speedup against fp32 of this run;")
     print("WER (%, English clips) and its change against fp32 [95% CI] from the newest short-clip scoring with the same decoding")
     print(table[columns].astype(object).fillna("").to_string(index=False))
+
+
+def _print_failures(run_id: str) -> None:
+    """The configurations of a run that crashed, hung or raised: their rows are kept, with the reason."""
+    failed = tables.run_failures(run_id)
+    if len(failed):
+        print(f"\nrun {run_id}: {len(failed)} configurations did not finish (kept as failed rows, left out of every table):")
+        print(failed.to_string(index=False))
 
 
 def cmd_compare(args) -> None:
@@ -80,7 +92,7 @@ def cmd_compare(args) -> None:
 
 def _percent(table: pd.DataFrame, columns) -> pd.DataFrame:
     for column in columns:
-        table[column] = (100 * table.get(column, float("nan"))).round(2)
+        table[column] = (100 * table[column]).round(2) if column in table else float("nan")
     return table
 
 
@@ -165,10 +177,6 @@ def cmd_scaleout(args) -> None:
                               "overhead_s_per_file"]].to_string(index=False))
 
 
-def cmd_memory_probe(args) -> None:
-    print(json.dumps(harness.memory_probe(args.model, args.method, args.threads, args.audio, args.language, args.batch_size, args.forced)))
-
-
 def cmd_audio(args) -> None:
     if args.action == "seed":
         print(f"original's clip: {inputs.fetch_seed()}")
@@ -199,13 +207,18 @@ def add_commands(sub) -> None:
     b = sub.add_parser("bench", help="time models x methods on one input, with the transcriber's decoding options")
     _run_flags(b, registry.BENCH)
     b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--retries", type=int, default=harness.Options.retries, help="reruns of a repeat taken while other programs used "
+                   f"more than {100 * harness.CONTENDED:.0f}%% of the CPU; then it is kept, marked contended (default: %(default)s)")
+    b.add_argument("--timeout", type=float, default=isolate.TIMEOUT, metavar="SECONDS", help="each configuration runs in a process of "
+                   "its own; past this it counts as hung and is recorded failed (default: %(default)g)")
     b.add_argument("--audio", type=Path, help="a file to time instead of the ~30 s real-speech window")
     b.add_argument("--language", default="en")
     b.add_argument("--all", action="store_true", help="the full matrix (every method by default): window greedy and beam 5, "
                    "thread scaling, memory, short-clip accuracy, the long-form gate, the batched job")
     b.add_argument("--batched", action="store_true", help="the long recordings whole, batched methods beside the sequential ones they "
                    "replace: batch-size sweep, memory per batch size, threads, long-form gate")
-    b.add_argument("--manifest", type=Path, default=None, help="--batched: long recordings joined from this manifest's English clips")
+    b.add_argument("--manifest", type=Path, default=None, help="--batched, --all: the gates' clips and the long recordings "
+                   "(joined from its English clips) from this manifest")
     b.add_argument("--batch-sizes", type=int, nargs="+", help=f"batch sizes of the sweep (default: {' '.join(map(str, harness.SWEEP))})")
     b.add_argument("--sizes", action="store_true", help="the original's four sizes (real weights where present, else random, timing "
                    "only) on forced decoder steps, with peak memory; GPU methods where CUDA exists")
@@ -262,12 +275,3 @@ def add_commands(sub) -> None:
     so.add_argument("--method", default="auto")
     so.set_defaults(func=cmd_scaleout)
 
-    p = sub.add_parser("memory-probe", help=argparse.SUPPRESS)
-    p.add_argument("model")
-    p.add_argument("method")
-    p.add_argument("audio", type=Path)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--language", default="en")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--forced", type=int, default=None)
-    p.set_defaults(func=cmd_memory_probe)

@@ -7,22 +7,18 @@ visible. Other processes' CPU time during each repeat is read from /proc/stat; r
 are rerun, and what was seen is recorded in the row.
 """
 
-import json
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import UserError, machine, models, pipeline, registry, workspace
+from .. import UserError, machine, models, pipeline, registry
 from ..audio import SAMPLE_RATE, load
 from ..runner import FORCED, DecodeOptions, spoken
-from . import inputs, peak, results
+from . import inputs, isolate, peak, results
 
 CONTENDED = 0.10  # share of the machine's CPU time used by others above which a repeat is rerun
 BEAM = 5  # the beam width users of openai-whisper's CLI and of faster-whisper get by default
@@ -75,12 +71,13 @@ class Options:
     repeats: int = 5
     decoding: DecodeOptions = DecodeOptions()
     threads: int = field(default_factory=machine.default_threads)
-    retries: int = 3
+    retries: int = 3  # reruns of a repeat taken while other processes used the CPU, before it is kept marked contended
     warmup: bool = True
     batch_sizes: tuple[int, ...] = ()  # for batched methods (default: pipeline.BATCH)
-    manifest: Path | None = None  # the long recordings' clips (default: the dev manifest)
+    manifest: Path | None = None  # the clips of the accuracy gates and long recordings (default: the dev manifest)
     forced: int | None = None  # time the window alone with exactly this many decoder steps (any weights, random ones too)
     memory: bool = True  # peak memory of each configuration, each in a process of its own
+    timeout: float = isolate.TIMEOUT  # seconds one configuration may take (in its own process) before it counts as hung
 
     @property
     def tag(self) -> str:
@@ -105,9 +102,7 @@ def _done(run_id: str, decoding: str) -> dict[tuple, int]:
     rows = results.read("timings")
     if rows.empty:
         return {}
-    rows = rows[(rows.run_id == run_id) & (rows.get("decoding", "") == decoding)]
-    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int),
-                       weights=rows.get("weights", pd.Series("real", index=rows.index)).fillna("real"))
+    rows = rows[(rows.run_id == run_id) & (rows.decoding == decoding) & (rows.status != results.FAILED)]
     return rows.groupby(["model", "weights", "method", "audio_id", "threads", "beam_size", "batch_size"]).size().to_dict()
 
 
@@ -128,88 +123,107 @@ def run(opts: Options, clip: inputs.Input, run_id: str | None = None, log=print)
 
 
 def _run(opts: Options, clip: inputs.Input, run_id: str, log) -> None:
-    torch.set_num_threads(opts.threads)
-    env = results.environment(opts.threads)
+    """Each model x method in a child process of its own (`isolate`): a crash, hang or error is recorded as a failed row
+    with its reason, and the run goes on."""
     pairs, notes = plan(opts)
     for note in notes:
         log(note)
     if not clip.real:
         log(f"note: no real speech here; timing the synthesized clip {clip.id} instead")
-    beam = opts.decoding.beam_size or 1
     done = _done(run_id, opts.tag)
-    samples = load(clip.path)
     sizes = {name: (opts.batch_sizes or (pipeline.BATCH,)) if registry.get(name).batched else (1,) for _, name in pairs}
     bar = tqdm(total=sum(len(sizes[name]) for _, name in pairs) * opts.repeats, desc=f"bench {run_id}", unit="run")
     for model_name, method_name in pairs:
-        entry, (model, weights) = registry.get(method_name), models.split(model_name)
-        finished = {size: done.get((model, weights, method_name, clip.id, opts.threads, beam, size), 0) for size in sizes[method_name]}
-        bar.update(sum(min(n, opts.repeats) for n in finished.values()))
-        if all(n >= opts.repeats for n in finished.values()):
+        model, weights = models.split(model_name)
+        key = (model, weights, method_name, clip.id, opts.threads, opts.decoding.beam_size or 1)
+        finished = {size: min(done.get((*key, size), 0), opts.repeats) for size in sizes[method_name]}
+        bar.update(sum(finished.values()))
+        if all(n == opts.repeats for n in finished.values()):
             continue
-        bar.set_postfix_str(f"{model_name} {method_name}")
-        start = time.perf_counter()
-        runner = entry.load(model_name, opts.threads)
-        load_s = time.perf_counter() - start
-        decoding = replace(opts.decoding, language=spoken(runner, clip.language))
-        for size in sizes[method_name]:
-            if entry.batched:
-                runner.batch_size = size
-            row = {"run_id": run_id, **env, "system": entry.system.name, "model": model, "weights": weights, "method": method_name,
-                   "arithmetic": entry.arithmetic, "device": entry.device, "beam_size": beam, "decoding": opts.tag,
-                   "batch_size": size, "audio_id": clip.id, "audio_s": round(clip.duration_s, 3),
-                   "load_s": round(load_s, 4)}
-            _time(opts, runner, clip, samples, decoding, finished[size], row, bar)
-        del runner
+        label = f"{model_name} {method_name}"
+        bar.set_postfix_str(label)
+        spec = {"opts": opts, "clip": clip, "run_id": run_id, "model": model_name, "method": method_name, "finished": finished}
+        why = isolate.call("whisper_cpu.bench.harness:time_config", spec, opts.timeout, bar.update,
+                           lambda text: bar.set_postfix_str(f"{label}: {text}"))
+        if why:
+            bar.write(f"note: {label} failed: {why}")
+            now = _done(run_id, opts.tag)
+            left = [size for size in sizes[method_name] if now.get((*key, size), 0) < opts.repeats]
+            results.append("timings", [{**_row(opts, clip, run_id, model_name, method_name, size, results.environment(opts.threads)),
+                                        "timestamp": results.now(), "status": results.FAILED, "error": why} for size in left])
+            bar.update(sum(opts.repeats - min(now.get((*key, size), 0), opts.repeats) for size in left))
     bar.close()
 
 
-def _time(opts: Options, runner, clip: inputs.Input, samples, decoding: DecodeOptions, finished: int, row: dict, bar) -> None:
-    """The repeats of one configuration (after a warm-up), each rerun while other processes took the CPU."""
+def _row(opts: Options, clip: inputs.Input, run_id: str, model_name: str, method_name: str, batch_size: int, env: dict) -> dict:
+    """What identifies a timing row: the run, the machine, the configuration and the input."""
+    entry, (model, weights) = registry.get(method_name), models.split(model_name)
+    return {"run_id": run_id, **env, "system": entry.system.name, "model": model, "weights": weights, "method": method_name,
+            "arithmetic": entry.arithmetic, "device": entry.device, "beam_size": opts.decoding.beam_size or 1, "decoding": opts.tag,
+            "batch_size": batch_size, "audio_id": clip.id, "audio_s": round(clip.duration_s, 3)}
+
+
+def time_config(spec: dict) -> None:
+    """In a child: load one model x method and time its missing repeats at each batch size, a row per repeat."""
+    opts, clip = spec["opts"], spec["clip"]
+    torch.set_num_threads(opts.threads)
+    entry = registry.get(spec["method"])
+    start = time.perf_counter()
+    runner = entry.load(spec["model"], opts.threads)
+    load_s = round(time.perf_counter() - start, 4)
+    samples = load(clip.path)
+    decoding = replace(opts.decoding, language=spoken(runner, clip.language))
+    env = results.environment(opts.threads)
+    for size, finished in spec["finished"].items():
+        if entry.batched:
+            runner.batch_size = size
+        row = {**_row(opts, clip, spec["run_id"], spec["model"], spec["method"], size, env), "load_s": load_s,
+               "build": getattr(runner, "build", "")}  # a peer's build options (whisper.cpp's compiled features)
+        _time(opts, runner, clip, samples, decoding, finished, row)
+
+
+def _time(opts: Options, runner, clip: inputs.Input, samples, decoding: DecodeOptions, finished: int, row: dict) -> None:
+    """The repeats of one configuration after a warm-up, each rerun (at most `opts.retries` times) while other processes
+    took the CPU, then kept and marked contended. A repeat is the transcribe users run, or with `forced` the window
+    alone, mel to last forced step: the same work for every method and size, whatever the weights."""
     if opts.forced:
-        return _time_forced(opts, runner, samples, decoding, finished, row, bar)
+        def once():
+            encoder_s, decoder_s, tokens = runner.split_times(samples, decoding, forced=opts.forced)
+            return encoder_s, decoder_s, tokens, tokens, None, ""
+    else:
+        def once():
+            transcript = runner.transcribe(clip.path, decoding)
+            return (None, None, None, transcript.tokens, transcript.fallbacks, transcript.text)
+
     if opts.warmup and finished < opts.repeats:
-        runner.transcribe(samples[: 30 * SAMPLE_RATE], decoding)
+        if opts.forced:
+            once()
+        else:
+            runner.transcribe(samples[: 30 * SAMPLE_RATE], decoding)
     for repeat in range(finished, opts.repeats):
         for attempt in range(1, opts.retries + 2):
             with Probe() as probe:
-                transcript = runner.transcribe(clip.path, decoding)
+                encoder_s, decoder_s, window_tokens, tokens, fallbacks, text = once()
             if not probe.contended():
                 break
-        encoder_s, decoder_s, window_tokens = runner.split_times(samples, decoding)
+            share = probe.other_cpu_s / (probe.wall_s * (os.cpu_count() or 1))
+            isolate.report(note=f"other programs took {share:.0%} of the CPU: "
+                                + (f"retry {attempt} of {opts.retries}" if attempt <= opts.retries else "kept, marked contended"))
+        if encoder_s is None:
+            encoder_s, decoder_s, window_tokens = runner.split_times(samples, decoding)
         encoder_gflop, decoder_gflop = window_gflop(_spec(row), window_tokens, row["beam_size"])
         results.append("timings", [{
-            **row, "timestamp": results.now(), "repeat": repeat,
+            **row, "timestamp": results.now(), "repeat": repeat, "status": "ok",
             "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
             "window_tokens": window_tokens, "encoder_gflop": encoder_gflop, "decoder_gflop": decoder_gflop,
-            "tokens": transcript.tokens, "fallbacks": transcript.fallbacks,
-            "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt,
-            "transcript": transcript.text,
+            "tokens": tokens, **({} if opts.forced else {"fallbacks": fallbacks}),
+            "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt, "transcript": text,
         }])
-        bar.update(1)
+        isolate.report(1)
 
 
 def _spec(row: dict) -> str:
     return f"{row['model']}:{models.RANDOM}" if row["weights"] == models.RANDOM else row["model"]
-
-
-def _time_forced(opts: Options, runner, samples, decoding: DecodeOptions, finished: int, row: dict, bar) -> None:
-    """The window alone, mel to last forced step: the same work for every method and size, whatever the weights."""
-    if opts.warmup and finished < opts.repeats:
-        runner.split_times(samples, decoding, forced=opts.forced)
-    for repeat in range(finished, opts.repeats):
-        for attempt in range(1, opts.retries + 2):
-            with Probe() as probe:
-                encoder_s, decoder_s, tokens = runner.split_times(samples, decoding, forced=opts.forced)
-            if not probe.contended():
-                break
-        encoder_gflop, decoder_gflop = window_gflop(_spec(row), tokens, row["beam_size"])
-        results.append("timings", [{
-            **row, "timestamp": results.now(), "repeat": repeat,
-            "wall_s": round(probe.wall_s, 4), "encoder_s": round(encoder_s, 4), "decoder_s": round(decoder_s, 4),
-            "window_tokens": tokens, "encoder_gflop": encoder_gflop, "decoder_gflop": decoder_gflop, "tokens": tokens,
-            "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended(), "attempts": attempt, "transcript": "",
-        }])
-        bar.update(1)
 
 
 def _status_mb(field: str) -> float:
@@ -217,58 +231,43 @@ def _status_mb(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def memory_probe(model_name: str, method_name: str, threads: int, path: Path, language: str, batch_size: int = 1,
-                 forced: int | None = None) -> dict:
-    """Meant for a fresh process: resident memory before and after loading, and the peak over one transcribe (over one
-    forced window with `forced`)."""
-    torch.set_num_threads(threads)
+def memory_config(spec: dict) -> None:
+    """In a fresh child: resident memory before and after loading, and the peak over one transcribe (over one forced
+    window with `forced`), appended as a row."""
+    opts, clip, model_name, method_name, size = spec["opts"], spec["clip"], spec["model"], spec["method"], spec["batch_size"]
+    torch.set_num_threads(opts.threads)
     start = _status_mb("VmRSS")
-    runner = registry.get(method_name).load(model_name, threads)
+    runner = registry.get(method_name).load(model_name, opts.threads)
     if registry.get(method_name).batched:
-        runner.batch_size = batch_size
+        runner.batch_size = size
     loaded = _status_mb("VmRSS")
-    options = DecodeOptions(language=spoken(runner, language))
-    if forced:
-        runner.split_times(load(path), options, forced=forced)
+    options = DecodeOptions(language=spoken(runner, clip.language))
+    if opts.forced:
+        runner.split_times(load(clip.path), options, forced=opts.forced)
     else:
-        runner.transcribe(path, options)
-    return {
-        "rss_start_mb": round(start, 1), "model_rss_mb": round(loaded - start, 1),
+        runner.transcribe(clip.path, options)
+    model, weights = models.split(model_name)
+    results.append("memory", [{
+        "run_id": spec["run_id"], "timestamp": results.now(), **results.environment(opts.threads), "model": model, "weights": weights,
+        "method": method_name, "system": registry.get(method_name).system.name, "audio_id": clip.id, "decoding": opts.tag,
+        "batch_size": size, "rss_start_mb": round(start, 1), "model_rss_mb": round(loaded - start, 1),
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec
         "peak_rss_mb": round(_status_mb("VmHWM"), 1),
         "weights_disk_mb": round(sum(Path(p).stat().st_size for p in runner.weights) / 2**20, 1),
-    }
+    }])
 
 
 def measure_memory(opts: Options, clip: inputs.Input, run_id: str) -> None:
     """Peak memory per configuration, each in its own process so one model's memory never hides another's."""
     pairs, _ = plan(opts)
     configs = [(m, k, b) for m, k in pairs for b in ((opts.batch_sizes or (pipeline.BATCH,)) if registry.get(k).batched else (1,))]
-    env = results.environment(opts.threads)
     rows = results.read("memory")
-    if len(rows):
-        rows = rows.assign(decoding=rows.get("decoding", pd.Series(DecodeOptions().tag, index=rows.index)).fillna(DecodeOptions().tag),
-                           weights=rows.get("weights", pd.Series("real", index=rows.index)).fillna("real"),
-                           batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int))
-        mine = rows[(rows.run_id == run_id) & (rows.audio_id == clip.id) & (rows.decoding == opts.tag)]
-        done = {(_spec(r), r["method"], r["batch_size"]) for r in mine.to_dict("records")}
-    else:
-        done = set()
+    mine = rows[(rows.run_id == run_id) & (rows.audio_id == clip.id) & (rows.decoding == opts.tag)] if len(rows) else rows
+    done = {(_spec(r), r["method"], r["batch_size"]) for r in mine.to_dict("records")}
     for model_name, method_name, size in tqdm([c for c in configs if c not in done], desc="memory", unit="config"):
-        child = subprocess.run(
-            [sys.executable, "-m", "whisper_cpu", "--workspace", str(workspace.get().home), "memory-probe", model_name, method_name,
-             str(clip.path), "--threads", str(opts.threads), "--language", clip.language, "--batch-size", str(size),
-             *(["--forced", str(opts.forced)] if opts.forced else [])],
-            capture_output=True, text=True,
-        )
-        if child.returncode != 0:
-            tqdm.write(f"note: memory of {model_name} {method_name} not measured: {(child.stderr.strip().splitlines() or ['?'])[-1]}")
-            continue
-        model, weights = models.split(model_name)
-        results.append("memory", [{"run_id": run_id, "timestamp": results.now(), **env, "model": model, "weights": weights,
-                                   "method": method_name, "system": registry.get(method_name).system.name, "audio_id": clip.id,
-                                   "decoding": opts.tag, "batch_size": size,
-                                   **json.loads(child.stdout.splitlines()[-1])}])
+        spec = {"opts": opts, "clip": clip, "run_id": run_id, "model": model_name, "method": method_name, "batch_size": size}
+        if why := isolate.call("whisper_cpu.bench.harness:memory_config", spec, opts.timeout):
+            tqdm.write(f"note: memory of {model_name} {method_name} not measured: {why}")
 
 
 SWEEP = (1, 2, 4, 8, 16)  # batch sizes of the sweep on the first long recording
@@ -301,7 +300,7 @@ def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
         for threads in fewer_threads(opts.threads):
             _run(replace(opts, methods=sweep, threads=threads, batch_sizes=(pipeline.BATCH,)), recordings[0], run_id, log)
         longform.run(longform.Options(models=opts.models, methods=opts.methods, decoding=opts.decoding, threads=opts.threads,
-                                      manifest=opts.manifest), run_id, log)
+                                      manifest=opts.manifest, timeout=opts.timeout), run_id, log)
         floor.measure(run_id)
     except KeyboardInterrupt:
         raise Interrupted(run_id) from None
@@ -350,15 +349,18 @@ def run_all(opts: Options, run_id: str | None = None, log=print) -> str:
             _run(replace(opts, decoding=replace(opts.decoding, beam_size=beam)), window, run_id, log)
         scaling = tuple(m for m in opts.methods if m in registry.tagged(registry.SCALING))
         for threads in fewer_threads(opts.threads):
-            _run(replace(opts, methods=scaling, repeats=3, threads=threads), window, run_id, log)
+            _run(replace(opts, methods=scaling, threads=threads), window, run_id, log)
         measure_memory(opts, window, run_id)
         for beam in beams:
             chosen = opts.methods if beam == opts.decoding.beam_size else tuple(m for m in opts.methods if m in registry.tagged(registry.BEAM))
+            if not chosen:
+                continue  # fp32 alone at this width would be a baseline with nothing to compare
             accuracy.run(accuracy.Options(models=opts.models, methods=chosen, decoding=replace(opts.decoding, beam_size=beam),
-                                          threads=opts.threads), run_id, log)
-        gated = tuple(m for m in opts.methods if m in registry.tagged(registry.LONGFORM) | set(scaling))
-        longform.run(longform.Options(models=opts.models, methods=gated, decoding=opts.decoding, threads=opts.threads), run_id, log)
-        run_batched(replace(opts, methods=tuple(m for m in batched_methods() if m in opts.methods), repeats=3), run_id, log)
+                                          threads=opts.threads, manifest=opts.manifest, timeout=opts.timeout), run_id, log)
+        gated = tuple(m for m in opts.methods if m in {*registry.tagged(registry.LONGFORM), *scaling})
+        longform.run(longform.Options(models=opts.models, methods=gated, decoding=opts.decoding, threads=opts.threads,
+                                      manifest=opts.manifest, timeout=opts.timeout), run_id, log)
+        run_batched(replace(opts, methods=tuple(m for m in batched_methods() if m in opts.methods)), run_id, log)
     except KeyboardInterrupt:
         raise Interrupted(run_id) from None
     return run_id

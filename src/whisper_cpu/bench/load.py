@@ -1,6 +1,7 @@
 """Load test of `whisper-cpu serve`: N clients posting a real clip for M seconds on 127.0.0.1, the server in its own
 process as users run it; throughput, latency percentiles, and every request accounted for (answered, failed, lost)."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def start_server(opts: Options, port: int, stderr) -> subprocess.Popen:
     """The server in a process of its own, once it answers; its messages go to the file `stderr`."""
     command = [sys.executable, "-m", "whisper_cpu", "--workspace", str(workspace.get().home), "serve", "--model", opts.model,
                "--method", opts.method, "--port", str(port), *(["--threads", str(opts.threads)] if opts.threads else [])]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    # a private server on loopback for the clients below: without the user's API key, which they do not send
+    env = {k: v for k, v in os.environ.items() if k != "WHISPER_CPU_API_KEY"}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env)
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
         if server.poll() is not None:

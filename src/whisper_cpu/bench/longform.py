@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from .. import machine, models, registry, workspace
 from ..runner import DecodeOptions
-from . import inputs, results
-from .accuracy import bootstrap_delta, normalize
+from . import inputs, isolate, results
+from .accuracy import bootstrap_delta, normalize, append_scores
 
 NGRAM = 5  # a word 5-gram repeated more often than the reference has it: the mark of a hallucination loop
 POOLED = "all"  # the audio_id of the row pooled over every recording: the one the gate reads
@@ -35,6 +35,7 @@ class Options:
     decoding: DecodeOptions = DecodeOptions()
     threads: int = 0
     manifest: Path | None = None
+    timeout: float = isolate.TIMEOUT  # seconds one model x method may take (in its own process) before it counts as hung
 
 
 def per_clip_errors(parts: tuple[tuple[str, str], ...], hypothesis: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -76,36 +77,48 @@ def transcripts_path(run_id: str):
     return workspace.get().results / "transcripts" / f"{run_id}-longform.jsonl"
 
 
-def transcribe_all(opts: Options, recordings: list[inputs.Input], run_id: str, threads: int, log) -> list[dict]:
-    """One record per model x method x recording; a resumed run skips what its transcripts already hold."""
+def transcribe_all(opts: Options, recordings: list[inputs.Input], run_id: str, threads: int, log) -> dict[tuple, str]:
+    """One record per model x method x recording, each model x method in a child process of its own; a resumed run skips
+    what its transcripts already hold. Returns why each model x method that did not finish failed."""
     path = transcripts_path(run_id)
     done = {(r["model"], r["method"], r["audio_id"]) for r in results.read_jsonl(path)}
     todo = [(m, k) for m in opts.models for k in dict.fromkeys(("fp32", *opts.methods))
             if any((m, k, r.id) not in done for r in recordings)]
     bar = tqdm(total=len(todo) * len(recordings), desc=f"longform {run_id}", unit="recording")
+    failed = {}
     for model_name, method_name in todo:
-        entry = registry.get(method_name)
-        if why := entry.unavailable():
+        if why := registry.get(method_name).unavailable():
             log(f"note: {method_name} skipped: {why}")
             bar.update(len(recordings))
             continue
         bar.set_postfix_str(f"{model_name} {method_name}")
-        runner = entry.load(model_name, threads)
-        for recording in recordings:
-            if (model_name, method_name, recording.id) not in done:
-                decoding = replace(opts.decoding, language="en")
-                start = time.perf_counter()
-                transcript = runner.transcribe(recording.path, decoding)
-                results.append_jsonl(path, [{
-                    "run_id": run_id, "model": model_name, "method": method_name, "system": entry.system.name,
-                    "audio_id": recording.id, "audio_s": round(recording.duration_s, 3), "decoding": opts.decoding.tag,
-                    "wall_s": round(time.perf_counter() - start, 3), "windows": transcript.windows,
-                    "fallbacks": transcript.fallbacks, "hypothesis": transcript.text,
-                }])
-            bar.update(1)
-        del runner
+        pending = [r for r in recordings if (model_name, method_name, r.id) not in done]
+        bar.update(len(recordings) - len(pending))
+        spec = {"opts": opts, "model": model_name, "method": method_name, "recordings": pending, "threads": threads,
+                "run_id": run_id, "transcripts": path}
+        if why := isolate.call("whisper_cpu.bench.longform:transcribe_config", spec, opts.timeout, bar.update):
+            bar.write(f"note: {model_name} {method_name} failed: {why}")
+            failed[(model_name, method_name)] = why
     bar.close()
-    return results.read_jsonl(path)
+    return failed
+
+
+def transcribe_config(spec: dict) -> None:
+    """In a child: one model x method over its pending recordings, each record appended as soon as it is decoded."""
+    torch.set_num_threads(spec["threads"])
+    entry = registry.get(spec["method"])
+    runner = entry.load(spec["model"], spec["threads"])
+    decoding = replace(spec["opts"].decoding, language="en")
+    for recording in spec["recordings"]:
+        start = time.perf_counter()
+        transcript = runner.transcribe(recording.path, decoding)
+        results.append_jsonl(spec["transcripts"], [{
+            "run_id": spec["run_id"], "model": spec["model"], "method": spec["method"], "system": entry.system.name,
+            "audio_id": recording.id, "audio_s": round(recording.duration_s, 3), "decoding": decoding.tag,
+            "wall_s": round(time.perf_counter() - start, 3), "windows": transcript.windows,
+            "fallbacks": transcript.fallbacks, "hypothesis": transcript.text,
+        }])
+        isolate.report(1)
 
 
 def score(records: list[dict], recordings: list[inputs.Input]) -> list[dict]:
@@ -149,10 +162,7 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
     threads = opts.threads or machine.default_threads()
     torch.set_num_threads(threads)
     recordings = inputs.longform(opts.manifest)
-    records = transcribe_all(opts, recordings, run_id, threads, log)
-    wanted = {(m, k) for m in opts.models for k in ("fp32", *opts.methods)}
-    rows = score([r for r in records if (r["model"], r["method"]) in wanted], recordings)
-    env = results.environment(threads)
-    results.append("longform", [{"run_id": run_id, "timestamp": results.now(), **env, "beam_size": opts.decoding.beam_size or 1,
-                                 "decoding": opts.decoding.tag, **row} for row in rows])
+    failed = transcribe_all(opts, recordings, run_id, threads, log)
+    append_scores("longform", run_id, opts.models, opts.methods, opts.decoding, threads, failed,
+                  lambda records: score(records, recordings), results.read_jsonl(transcripts_path(run_id)))
     return run_id

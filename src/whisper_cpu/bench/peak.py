@@ -56,7 +56,7 @@ def measure(run_id: str, threads: int, kernels=KERNELS) -> list[dict]:
     done = results.read("peak")
     if len(done):
         mine = done[(done.run_id == run_id) & (done.threads == threads)]
-        have = set(mine.get("kernel", mine.arithmetic).fillna(mine.arithmetic))  # rows from before the column: one per format
+        have = set(mine.kernel)
         kernels = [k for k in kernels if k not in have and not (k == "torch._int_mm" and "int8" in have)]
     env = results.environment(threads)
     rows = []

@@ -15,22 +15,24 @@ from pathlib import Path
 import numpy as np
 
 from .. import UserError, audio, models, registry
-from . import ct2
+from .. import ct2
 from ..registry import Entry, System, register
-from ..runner import DecodeOptions, Transcript, fallback_windows, samples_of
+from ..runner import DecodeOptions, Runner, Transcript, fallback_windows, samples_of
 
 FASTER_WHISPER = System("faster-whisper", "tab:orange")
 WHISPER_CPP = System("whisper.cpp", "tab:green")
 
 
-class FasterWhisperRunner:
+class FasterWhisperRunner(Runner):
     def __init__(self, name: str, compute_type: str, threads: int):
+        import ctranslate2
         from faster_whisper import WhisperModel
 
         folder = ct2.model_dir(name)
         self.model = WhisperModel(str(folder), device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1)
         self.weights = [folder / "model.bin"]
         self.multilingual = self.model.model.is_multilingual
+        self.build = f"ctranslate2 {ctranslate2.__version__}, compute_type {compute_type}"  # recorded with its rows
 
     def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
         segments, info = self.model.transcribe(
@@ -93,22 +95,32 @@ UNFORCED = ("whisper.cpp stops at its own end of text; suppressing it needs a Py
             "(pywhispercpp's binding), which would add per-token Python work to the time measured, so it is not timed on forced steps")
 
 
-def whispercpp_missing() -> str | None:
-    """Why whisper.cpp cannot run here, if it cannot (make whispercpp builds it)."""
+def whispercpp_missing(ftype: str = "f16") -> str | None:
+    """Why whisper.cpp (with ggml files of `ftype`) cannot run here, if it cannot: `make whispercpp` builds it and checks
+    that q8_0 transcribes correctly on this CPU (`native`)."""
+    from . import native
+
     try:
         import _pywhispercpp  # noqa: F401
     except ImportError as error:
         return f"pywhispercpp is not installed or does not load ({error}): run `make whispercpp`"
+    built = native.record()
+    if ftype.startswith("q8_0") and built.get("q8_0_works") is False:
+        return f"whisper.cpp's q8_0 gives wrong text or crashes on this CPU with every build tried ({'; '.join(built['failures'])})"
     return None
 
 
-class WhisperCppRunner:
+class WhisperCppRunner(Runner):
     """whisper.cpp (through pywhispercpp, compiled natively) on ggml files our code writes from the same checkpoint."""
 
     def __init__(self, name: str, ftype: str, threads: int):
         from . import ggml
 
+        from . import native
+
         self.path, self.threads = ggml.model_file(name, ftype), threads
+        built = native.record()
+        self.build = f"{built.get('build', 'unrecorded build')}: {native.system_info()}"  # recorded with its rows
         self.batch_size: int | None = None  # `whisper_full_parallel`: equal parts of the audio side by side, at most one per thread
         self.weights = [self.path]
         self.multilingual = models.multilingual(name)
@@ -173,8 +185,8 @@ for _entry in [
           tags=frozenset({registry.SCALING, registry.BEAM, registry.LONGFORM, registry.SIZES})),
     *(
         Entry(f"whisper.cpp-{ftype}", WHISPER_CPP, f"whisper.cpp (pywhispercpp built natively), ggml {ftype} written from the same checkpoint",
-              lambda model, threads, ftype=ftype: WhisperCppRunner(model, ftype, threads), unavailable=whispercpp_missing, unforced=UNFORCED,
-              arithmetic="fp32" if ftype == "f16" else "int8",
+              lambda model, threads, ftype=ftype: WhisperCppRunner(model, ftype, threads), unavailable=lambda ftype=ftype: whispercpp_missing(ftype),
+              unforced=UNFORCED, arithmetic="fp32" if ftype == "f16" else "int8",
               tags=frozenset({registry.SCALING, registry.BEAM}) if ftype == "q8_0" else frozenset())
         for ftype in ("f16", "q8_0", "q5_0")
     ),
@@ -186,6 +198,6 @@ for _entry in [
     ),
     Entry("whisper.cpp-q8_0-parallel", WHISPER_CPP, "whisper.cpp's whisper_full_parallel: the audio cut in equal parts (batch size, at most "
           "one per thread), one processor each, the threads shared", lambda model, threads: WhisperCppRunner(model, "q8_0", threads),
-          unavailable=whispercpp_missing, unforced=UNFORCED, arithmetic="int8", tags=frozenset({registry.BATCHED})),
+          unavailable=lambda: whispercpp_missing("q8_0"), unforced=UNFORCED, arithmetic="int8", tags=frozenset({registry.BATCHED})),
 ]:
     register(_entry)

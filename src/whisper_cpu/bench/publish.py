@@ -45,16 +45,22 @@ def readme_table(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: pd.Da
         "speedup vs fp32": table.speedup_vs_fp32, "speedup vs fp32-nn": table.vs_nn, "x real time": table.x_realtime,
         "encoder s": table.encoder_s.round(3), "decoder s": table.decoder_s.round(3),
         "WER %": table.wer_pct, "ΔWER vs fp32 [95% CI], points": table.wer_delta_ci,
-        "published speedup vs fp32 nn.Linear": table.published,
+        "published speedup vs fp32 nn.Linear": table.published, "contended repeats": table.contended,
     })
     first = run.iloc[0]
     header = (
         f"Run `{run_id}` on {machine_label(run)}; torch {first['torch']}, openai-whisper {first['openai_whisper']}, "
         f"commit {first.get('git_commit', '?')}, {first['timestamp'][:10]}. Input: {first['audio_id']} "
-        f"({first['audio_s']} s of real speech), {int(run.repeat.max()) + 1} repeats, medians; speedups within this run. "
+        f"({first['audio_s']} s of real speech), {int(run.repeat.max()) + 1} repeats, medians of those not taken under contention "
+        "(counted apart); speedups within this run. "
         "WER: all English clips of `audio/manifest.csv`, latest `make accuracy`."
     )
-    markdown = header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n" + sizes_markdown(reference)
+    markdown = header + "\n\n" + shown.astype(object).fillna("").to_markdown(index=False) + "\n"
+    failed = tables.run_failures(run_id)
+    if len(failed):
+        markdown += ("\nConfigurations of this run that crashed, hung or raised (each ran in a process of its own; the run went on):\n\n"
+                     + failed.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n")
+    markdown += sizes_markdown(reference)
     best = fastest_at_equal_accuracy(timings, accuracy, run_id) if len(accuracy) else pd.DataFrame()
     if len(best):
         markdown += (

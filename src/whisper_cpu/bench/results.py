@@ -85,14 +85,35 @@ def append_csv(table: str, rows: list[dict]) -> Path:
     return path
 
 
+FAILED = "failed"  # the `status` of a row that records why a configuration did not finish (its `error`), with no measurement
+OLD_DECODING = "t0"  # rows from before the `decoding` column: temperature 0, no fallback, no conditioning
+# Columns added after the first rows were written, and what a row without one meant; filled here, for every reader.
+# Memory was always probed with the transcriber's default options (fallback and conditioning), timings and scores not.
+BACKFILL = {
+    "timings": {"decoding": OLD_DECODING, "weights": "real", "batch_size": 1, "isa": "", "status": "ok", "contended": False},
+    "memory": {"decoding": "fallback+cond", "weights": "real", "batch_size": 1, "isa": ""},
+    "accuracy": {"decoding": OLD_DECODING, "isa": "", "status": "ok"},
+    "longform": {"isa": "", "status": "ok"},
+    "peak": {"isa": "", "kernel": lambda rows: rows.arithmetic},  # one kernel per number format before the column
+}
+
+
 def read(table: str) -> pd.DataFrame:
-    """Every row of a table: the committed CSV first, then the shards in run order."""
+    """Every row of a table: the committed CSV first, then the shards in run order, older rows' missing columns filled."""
     folder = workspace.get().results
-    frames = [pd.read_csv(folder / f"{table}.csv")] if (folder / f"{table}.csv").exists() else []
+    frames = [pd.read_csv(folder / f"{table}.csv", low_memory=False)] if (folder / f"{table}.csv").exists() else []
     records = [r for shard in sorted((folder / table).glob("*.jsonl")) for r in read_jsonl(shard)]
     if records:
         frames.append(pd.DataFrame.from_records(records))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True)
+    for column, default in BACKFILL.get(table, {}).items():
+        value = default(rows) if callable(default) else default
+        rows[column] = rows[column].fillna(value) if column in rows else value
+        if not callable(default):
+            rows[column] = rows[column].astype(type(default))
+    return rows
 
 
 def run_ids() -> set[str]:

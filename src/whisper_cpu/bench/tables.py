@@ -5,15 +5,12 @@ is (its arithmetic, its FLOPs per window) was recorded with the row when it was 
 import pandas as pd
 
 from .. import UserError, pipeline, registry, workspace
+from ..transcribe import faithful
 from . import inputs, results
+from .results import FAILED
 
 KEYS = ["run_id", "model", "method", "device", "beam_size", "threads", "audio_id"]
 PUBLISHED_CPU = "AMD Ryzen 5 5600X (AVX2)"
-OLD_DECODING = "t0"  # rows from before the `decoding` column: temperature 0, no fallback, no conditioning
-
-
-def _with_decoding(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.assign(decoding=rows.get("decoding", OLD_DECODING)).fillna({"decoding": OLD_DECODING}) if len(rows) else rows
 
 
 def forced(rows: pd.DataFrame) -> pd.Series:
@@ -22,17 +19,28 @@ def forced(rows: pd.DataFrame) -> pd.Series:
 
 
 def load_timings() -> pd.DataFrame:
-    """Every transcribe timing (forced-step rows apart: `load_forced`)."""
+    """Every transcribe timing that finished (forced-step rows apart: `load_forced`; failed ones: `load_failures`)."""
     timings = results.read("timings")
-    timings = timings[~forced(timings)] if len(timings) else timings
+    timings = timings[~forced(timings) & (timings.status != FAILED)] if len(timings) else timings
     if timings.empty:
         raise UserError(f"no timings under {workspace.get().results}: run `make bench` first")
-    return _with_decoding(timings)
+    return timings
 
 
 def load_forced() -> pd.DataFrame:
     timings = results.read("timings")
-    return timings[forced(timings)] if len(timings) else timings
+    return timings[forced(timings) & (timings.status != FAILED)] if len(timings) else timings
+
+
+def failures(table: str) -> pd.DataFrame:
+    """Configurations that crashed, hung or raised (their reason in `error`), unless a resumed run later finished them."""
+    rows = results.read(table)
+    if not len(rows) or not (rows.status == FAILED).any():
+        return pd.DataFrame(columns=["run_id", "model", "method", "error"])
+    keys = [k for k in ("run_id", "model", "method", "audio_id", "threads", "beam_size", "batch_size", "decoding") if k in rows]
+    ok = set(map(tuple, rows[rows.status != FAILED][keys].drop_duplicates().itertuples(index=False)))
+    failed = rows[rows.status == FAILED]
+    return failed[[tuple(r) not in ok for r in failed[keys].itertuples(index=False)]]
 
 
 def load_memory() -> pd.DataFrame:
@@ -41,9 +49,19 @@ def load_memory() -> pd.DataFrame:
     return memory[~forced(memory)] if len(memory) else memory
 
 
+def run_failures(run_id: str | None = None) -> pd.DataFrame:
+    """Every failed configuration of the timings and both gates (of one run), one line each, for the report."""
+    columns = ["run_id", "stage", "model", "method", "batch_size", "threads", "error"]
+    found = [failures(table).assign(stage=table) for table in ("timings", "accuracy", "longform")]
+    found = pd.concat([f for f in found if len(f)], ignore_index=True) if any(len(f) for f in found) else pd.DataFrame(columns=columns)
+    found = found[found.run_id == run_id] if run_id else found
+    return found.reindex(columns=columns).drop_duplicates()
+
+
 def load_accuracy() -> pd.DataFrame:
     """The newest accuracy row per model x method x language x beam x decoding (empty when nothing was scored)."""
-    table = _with_decoding(results.read("accuracy"))
+    table = results.read("accuracy")
+    table = table[table.status != FAILED] if len(table) else table
     if table.empty:
         return pd.DataFrame(columns=["model", "method", "language", "beam_size", "decoding", "wer", "wer_delta", "ci_low", "ci_high"])
     return table.drop_duplicates(["model", "method", "language", "beam_size", "decoding"], keep="last")
@@ -54,7 +72,7 @@ def load_longform() -> pd.DataFrame:
     table = results.read("longform")
     if not len(table):
         return table
-    return _with_isa(table).drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last")
+    return table.drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last")
 
 
 def reference_longform() -> pd.DataFrame:
@@ -77,25 +95,19 @@ def latest_run(timings: pd.DataFrame) -> str:
     return (window if len(window) else timings)["run_id"].iloc[-1]
 
 
-def _with_isa(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows with an `isa` column, "" where older rows did not record one: with `cpu`, the machine they ran on."""
-    return rows.assign(isa=rows.isa.fillna("") if "isa" in rows else "")
-
-
 def reference_machine(timings: pd.DataFrame) -> tuple[str, str] | None:
     """The machine (CPU model, instruction sets) of the newest window run: the one the README's headline tables are
     about. Runs on other machines (a lent many-core one) get tables of their own instead of replacing these."""
     if not len(timings):
         return None
     row = timings[timings.run_id == latest_run(timings)].iloc[-1]
-    return row["cpu"], row.get("isa") if isinstance(row.get("isa"), str) else ""
+    return row["cpu"], row["isa"]
 
 
 def on_machine(rows: pd.DataFrame, machine: tuple[str, str] | None) -> pd.DataFrame:
     """The rows measured on `machine` (all of them where it is None or rows say no machine)."""
     if machine is None or not len(rows) or "cpu" not in rows:
         return rows
-    rows = _with_isa(rows)
     return rows[(rows.cpu == machine[0]) & (rows.isa == machine[1])]
 
 
@@ -108,16 +120,22 @@ def main_rows(timings: pd.DataFrame, run_id: str | None = None, beam: int | None
 
 
 def summary(timings: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: medians over repeats, speedup against fp32 on the CPU of the same run."""
+    """One row per configuration: medians over repeats, speedup against fp32 on the CPU of the same run. Repeats taken
+    while other programs used the CPU (kept after their retries, marked contended) are left out of the medians where the
+    configuration has others, and counted apart (`contended`)."""
+    contended = timings.contended.fillna(False).astype(bool)
+    counts = contended.groupby([timings[k] for k in KEYS], sort=False).sum().rename("contended")
+    timings = timings[~contended | contended.groupby([timings[k] for k in KEYS], sort=False).transform("all")]
     table = (
         timings.groupby(KEYS, sort=False)
         .agg(
             system=("system", "first"), audio_s=("audio_s", "first"), repeats=("wall_s", "size"),
             load_s=("load_s", "first"), wall_s=("wall_s", "median"), encoder_s=("encoder_s", "median"),
             decoder_s=("decoder_s", "median"), window_tokens=("window_tokens", "median"),
-            contended=("contended", "sum"), **({"decoding": ("decoding", "first")} if "decoding" in timings else {}),
+            **({"decoding": ("decoding", "first")} if "decoding" in timings else {}),
         )
         .reset_index()
+        .join(counts, on=KEYS)
     )
     same = ["run_id", "model", "beam_size", "threads", "audio_id"]
     base = table[(table.method == "fp32") & (table.device == "cpu")].set_index(same)
@@ -142,7 +160,10 @@ def with_wer(table: pd.DataFrame, accuracy: pd.DataFrame, language: str = "en") 
 
 def published() -> pd.DataFrame:
     """The original experiment's table: an input committed beside the results, not a result of ours."""
-    return pd.read_csv(workspace.get().home / "results" / "published.csv")
+    path = workspace.get().home / "results" / "published.csv"
+    if not path.is_file():
+        raise UserError(f"{path} not found: the original experiment's table comes with a checkout of this project (`--workspace`)")
+    return pd.read_csv(path)
 
 
 def freshest_run(timings: pd.DataFrame, model: str, methods: tuple[str, ...]) -> str | None:
@@ -298,15 +319,9 @@ def _delta_ci(delta, low, high) -> str:
     return f"{100 * delta:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]" if pd.notna(delta) else ""
 
 
-
-def faithful(method: str, *ci_lows: float) -> bool:
-    """fp32 itself, or every gate's 95% CI of the WER change against fp32 reaches zero (missing counts as failed)."""
-    return method == "fp32" or all(pd.notna(low) and low <= 0 for low in ci_lows)
-
-
 def _gate(rows: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> tuple[float, str]:
     """(CI low end, description) of the newest score of a method on this CPU, or (nan, 'not measured')."""
-    mine = rows[(rows.cpu == cpu) & (rows.isa.fillna("") == isa) & (rows.model == model) & (rows.method == method)] if len(rows) else rows
+    mine = rows[(rows.cpu == cpu) & (rows.isa == isa) & (rows.model == model) & (rows.method == method)] if len(rows) else rows
     if not len(mine):
         return float("nan"), "not measured"
     last = mine.iloc[-1]
@@ -322,8 +337,7 @@ def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFram
     recordings timed whole (what users transcribe most), and both accuracy gates (short clips, long
     recordings pooled) from the newest scoring on the same CPU."""
     rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding)]
-    rows = _with_isa(rows).assign(long=rows.audio_id.isin([name for name, _, _ in inputs.LONGFORM]),
-                       batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1))
+    rows = rows.assign(long=rows.audio_id.isin([name for name, _, _ in inputs.LONGFORM]))
     rows = rows[~rows.long | rows.batch_size.isin([1, pipeline.BATCH])]
     short = accuracy[(accuracy.language == "en") & (accuracy.beam_size == 1) & (accuracy.decoding == decoding)] if len(accuracy) else accuracy
     long = longform[(longform.audio_id == "all") & (longform.beam_size == 1) & (longform.decoding == decoding)] if len(longform) else longform
@@ -380,7 +394,7 @@ def batched_runs(timings: pd.DataFrame) -> list[str]:
     rows = timings[timings.audio_id.isin([name for name, _, _ in inputs.LONGFORM])] if len(timings) else timings
     if not len(rows):
         return []
-    newest = _with_isa(rows).groupby(["cpu", "isa"], sort=False).run_id.last()
+    newest = rows.groupby(["cpu", "isa"], sort=False).run_id.last()
     reference = reference_machine(timings)
     return list(dict.fromkeys(run for _, run in sorted(newest.items(), key=lambda item: item[0] != reference)))
 
@@ -392,8 +406,7 @@ def long_timings(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFra
     if not len(rows):
         return pd.DataFrame()
     rows = rows[rows.run_id == (run_id or batched_runs(timings)[0])]
-    rows = rows.assign(batch_size=rows.get("batch_size", pd.Series(1, index=rows.index)).fillna(1).astype(int),
-                       encoder_s=rows.get("encoder_s", pd.Series(float("nan"), index=rows.index)))
+    rows = rows.assign(encoder_s=rows.get("encoder_s", pd.Series(float("nan"), index=rows.index)))
     return (rows.groupby(["run_id", "model", "method", "system", "batch_size", "threads", "audio_id"], sort=False)
             .agg(audio_s=("audio_s", "first"), wall_s=("wall_s", "median"), repeats=("wall_s", "size"), contended=("contended", "sum"),
                  encoder_s=("encoder_s", "median"))
@@ -474,7 +487,6 @@ def batched_threads(timings: pd.DataFrame, run_id: str | None = None) -> pd.Data
 
 
 def _forced_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    rows = rows.assign(weights=rows.get("weights", pd.Series("real", index=rows.index)).fillna("real"))
     return (rows.groupby(["run_id", "model", "weights", "method", "device"], sort=False)
             .agg(wall_s=("wall_s", "median"), encoder_s=("encoder_s", "median"), decoder_s=("decoder_s", "median"),
                  repeats=("wall_s", "size"), tokens=("window_tokens", "first"), threads=("threads", "first"), cpu=("cpu", "first"),
@@ -504,7 +516,6 @@ def sizes_table(forced_rows: pd.DataFrame, reference: pd.DataFrame, run_id: str 
     peak = {}
     if memory is not None and len(memory):
         mine = memory[(memory.run_id == run_id) & forced(memory)]
-        mine = mine.assign(weights=mine.get("weights", pd.Series("real", index=mine.index)).fillna("real"))
         peak = {(r.model, r.weights, r.method): r.peak_rss_mb for r in mine.itertuples()}
     cpu = reference[reference.device == "cpu"]
     rows = []
