@@ -21,7 +21,7 @@ OUT ?= transcripts
 ADDRESS ?=
 SECONDS ?= 60
 
-.PHONY: bench bench-all bench-batch bench-sizes bench-serve bench-corpus corpus test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
+.PHONY: bench bench-all bench-batch bench-sizes bench-serve bench-corpus corpus test-slow test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
 bench: venv models audio ## time MODELS x METHODS (default: the original's) on the ~30 s real-speech window
 	$(PY) -m whisper_cpu bench $(RUN_FLAGS) --repeats $(REPEATS)
@@ -58,6 +58,9 @@ compare: venv ## our speedups beside the published ones
 
 test: venv $(VENV)/.models whispercpp system-deps ## the test suite (tiny.en, short clips)
 	$(PY) -m pytest -q
+
+test-slow: venv $(VENV)/.models whispercpp ## whole benchmark jobs on real weights (bench --sizes, bench --batched): minutes each
+	$(PY) -m pytest -q -m slow
 
 test-sizes: venv $(VENV)/.models ## large-v3 and turbo (random weights) through every one of our methods: about an hour and 16 GB on 2 cores
 	$(PY) -m pytest -q -m sizes tests/test_sizes.py

@@ -1,9 +1,10 @@
 """Registry entries for the benchmark's own tests, loaded through $WHISPER_CPU_PLUGINS so that the benchmark's child
-processes see them too: one that decodes nothing (every stage's hand-off at no cost) and one that aborts."""
+processes see them too: one that decodes nothing (every stage's hand-off at no cost), one that aborts, and fp32 under
+another name (all that a new method of ours needs is its entry)."""
 
 import os
 
-from whisper_cpu.registry import BATCHED, Entry, System, register
+from whisper_cpu.registry import BATCHED, LONGFORM, Entry, System, register, torch_method
 from whisper_cpu.runner import Runner, Transcript
 
 TEST = System("test-plugin", "tab:gray")
@@ -27,3 +28,4 @@ class Aborts(Instant):
 register(Entry("instant", TEST, "decodes nothing, at once", lambda model, threads: Instant()))
 register(Entry("instant-batched", TEST, "decodes nothing, at once, batched", lambda model, threads: Instant(), tags=frozenset({BATCHED})))
 register(Entry("aborts", TEST, "aborts the process when asked to transcribe", lambda model, threads: Aborts()))
+register(torch_method("throwaway", "fp32 under another name", lambda model: model, tags=frozenset({LONGFORM})))

@@ -58,6 +58,9 @@ def test_two_clip_run_writes_records_and_scores(two_clip_run):
     assert table.loc["fp32", "wer"] == round(2 / 28, 5) and table.loc["fp32", "cer"] == round(5 / 141, 5)
     assert records.set_index(["method", "audio_id"]).loc[("fp32", "leopard_test"), "hypothesis"] == (
         "Mr. Quilter is the apostle of the middle classes and we are glad to welcome his gospel.")
+    by_category = results.read("categories").set_index("method")  # the dev clips are one category: the same WER
+    assert set(by_category.category) == {"clean"} and by_category.loc["fp32", "wer"] == table.loc["fp32", "wer"]
+    assert by_category.loc["fp32", "tail_insertions"] == 0 and by_category.loc["qint8", "wer"] == table.loc["qint8", "wer"]
     assert table.loc["qint8", "ci_low"] <= table.loc["qint8", "wer_delta"] <= table.loc["qint8", "ci_high"]
     assert pd.isna(table.loc["fp32", "wer_delta"])
 

@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import numpy as np
@@ -38,12 +39,15 @@ def test_a_16k_mono_wav_is_read_as_pyav_decodes_it(tmp_path, clips, mirror, monk
     assert np.array_equal(fast, audio.load(source))
 
 
-@pytest.mark.parametrize("content, message", [(None, "audio file not found"), (b"RIFF garbage" * 50, "cannot decode audio")])
-def test_bad_files_give_one_clear_error(tmp_path, content, message):
+@pytest.mark.parametrize("content, message", [(None, "audio file not found: {}$"), ("folder", "{} is a folder, not an audio file$"),
+                                              (b"RIFF garbage" * 50, "cannot decode audio {}: Invalid data found when processing input$")])
+def test_bad_files_give_one_clear_error_naming_the_file_once(tmp_path, content, message):
     path = tmp_path / "clip.wav"
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message.format(re.escape(str(path)))):  # not PyAV's raw errno and the path again
         audio.load(path)
 
 

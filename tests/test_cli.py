@@ -1,15 +1,18 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 
 from whisper_cpu import machine, models, pipeline, transcribe, workspace
 from whisper_cpu.cli import main
+from whisper_cpu.runner import DecodeOptions
 from whisper_cpu.bench import harness, inputs, results, scaleout
 
 
@@ -88,6 +91,60 @@ def test_ctrl_c_in_a_transcription_exits_130_keeping_the_outputs(monkeypatch, ca
     monkeypatch.setattr(transcribe, "run", interrupted)
     assert main(["transcribe", "any.wav"]) == 130
     assert capsys.readouterr().err == "\nwhisper-cpu: interrupted; outputs already written are kept\n"
+
+
+def test_transcribe_help_names_each_option_once_and_says_where_our_defaults_differ(capsys):
+    with pytest.raises(SystemExit):
+        main(["transcribe", "--help"])
+    text = capsys.readouterr().out
+    for names in re.findall(r"^  (-.+?)(?:  |$)", text, re.M):  # an option's spellings, before its help
+        flags = [name.split()[0] for name in names.split(", ")]
+        assert len(set(flags)) == len(flags), names
+    text = " ".join(text.split()).replace("openai- whisper", "openai-whisper")  # as argparse wraps it
+    for ours in ("default: base (openai-whisper's: turbo", "default: txt; openai-whisper's: all", "default: greedy, several times faster on "
+                 "a CPU; openai-whisper's: 5", "default: False, only the files written and a progress bar; openai-whisper's: True"):
+        assert ours in text
+
+
+def transcribe_options(monkeypatch, *flags):
+    """The transcriber's options that `transcribe a.wav FLAGS` would run with (it is not run)."""
+    runs = []
+    monkeypatch.setattr(transcribe, "run", lambda opts, files: runs.append(opts) or 0)
+    assert main(["transcribe", "a.wav", *flags]) == 0
+    return runs[0]
+
+
+def test_openai_whispers_spellings_and_options_are_accepted_with_its_meanings(monkeypatch, tmp_path, capsys):
+    opts = transcribe_options(monkeypatch, "-o", str(tmp_path), "-f", "srt", "--verbose", "True", "--threads", "0", "--device", "cpu",
+                              "--fp16", "False", "--patience", "2", "--beam_size", "2", "--length_penalty", "0.5", "--suppress_tokens=-1,50256",
+                              "--carry_initial_prompt", "True", "--prepend_punctuations", "(", "--append_punctuations", ".")
+    assert (opts.output_dir, opts.output_format, opts.verbose, opts.threads) == (tmp_path, "srt", True, torch.get_num_threads())  # 0: torch's own
+    assert opts.decoding == DecodeOptions(temperature=opts.decoding.temperature, beam_size=2, patience=2.0, length_penalty=0.5,
+                                          suppress_tokens="-1,50256", carry_initial_prompt=True, prepend_punctuations="(", append_punctuations=".")
+    opts = transcribe_options(monkeypatch, "--output_dir", str(tmp_path / "x"), "--output_format", "all")
+    assert (opts.output_dir, opts.output_format, opts.verbose, opts.threads) == (tmp_path / "x", "all", False, 0)
+    assert capsys.readouterr().err == ""
+
+
+def test_what_a_cpu_cannot_do_is_refused_in_one_line_and_fp16_falls_back_as_in_openai_whisper(monkeypatch, capsys):
+    monkeypatch.setattr(transcribe, "run", lambda opts, files: pytest.fail("transcribed"))
+    for flags, message in ((("--device", "cuda"), "--device cuda: whisper-cpu runs on the CPU only; openai-whisper itself runs on a GPU"),
+                           (("--model_dir", "/elsewhere"), "--model_dir: whisper-cpu reads official checkpoints only from openai-whisper's")):
+        assert main(["transcribe", "a.wav", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"whisper-cpu: error: {message}") and err.count("\n") == 1
+    assert transcribe_options(monkeypatch, "--fp16", "True").decoding == DecodeOptions()
+    assert capsys.readouterr().err == "whisper-cpu: note: --fp16 True: FP16 is not supported on CPU; using FP32 instead, as openai-whisper does\n"
+
+
+def test_a_true_or_false_option_takes_its_value_and_says_so_when_it_swallowed_a_file(tmp_path, capsys):
+    clip = tmp_path / "clip.wav"
+    clip.touch()
+    with pytest.raises(SystemExit):
+        main(["transcribe", "--word_timestamps", str(clip)])
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        f"whisper-cpu transcribe: error: argument --word-timestamps/--word_timestamps: takes True or False, not '{clip}'; did you mean "
+        f"`--word_timestamps True {clip}`?"]  # after one line of usage
 
 
 OFFICIAL = ("tiny.en, tiny, base.en, base, small.en, small, medium.en, medium, large-v1, large-v2, large-v3, large, large-v3-turbo, "

@@ -109,6 +109,7 @@ def test_manifest_source_and_ray_engine_after_a_killed_actor(folder, tmp_path):
     done = subprocess.run(command(manifest, out, *flags), capture_output=True, text=True, timeout=400)
     assert len(actors) == 1 and done.returncode == 2, done.stderr[-2000:]
     assert "ray: 1 actor x 2 threads" in done.stderr.splitlines()  # 2 CPUs at 2 threads each
+    assert not [line for line in done.stderr.splitlines() if "core_worker.cc" in line or "Warning:" in line]  # no alarm: all went well
     check(lines(out), folder, out)
 
 
@@ -126,7 +127,8 @@ def test_a_jsonl_manifest_lists_the_sources_relative_to_itself(tmp_path, clips, 
     (tmp_path / "audio" / clip.name).write_bytes(clip.read_bytes())
     missing = tmp_path / "elsewhere" / "gone.wav"
     manifest = tmp_path / "corpus.jsonl"
-    manifest.write_text(f'{{"path": "audio/{clip.name}", "speaker": "a"}}\n\n{{"path": "{missing}"}}\n')
+    manifest.write_text(f'{{"path": "audio/{clip.name}", "speaker": "a"}}\n\n{{"path": "{missing}"}}\n'
+                        f'{{"path": "audio/../audio/{clip.name}"}}\n')  # the first again, spelled otherwise
     assert corpus.sources(manifest) == [tmp_path / "audio" / clip.name, missing]
     records = corpus.run(corpus.Options(model="tiny.en", method="fp32", output_format="txt", threads=1), manifest, tmp_path / "out",
                          log=lambda line: None)
@@ -136,3 +138,33 @@ def test_a_jsonl_manifest_lists_the_sources_relative_to_itself(tmp_path, clips, 
     (tmp_path / "bad.jsonl").write_text('{"file": "a.wav"}\n')
     with pytest.raises(corpus.UserError, match="bad.jsonl: the manifest has no `path` column"):
         corpus.sources(tmp_path / "bad.jsonl")
+
+
+def test_files_of_one_name_keep_their_outputs_and_any_spelling_of_the_source_is_one_corpus(tmp_path, clips, mirror, monkeypatch):
+    """talk.wav and talk.flac in one folder write talk.wav.txt and talk.flac.txt; rerun by a relative path, the corpus is done;
+    records.jsonl has the umask's mode, as any file the user makes."""
+    (tmp_path / "corp").mkdir()
+    for name, clip in (("talk.wav", "deepspeech_LDC93S1"), ("talk.flac", "coqui_LJ001-0002")):
+        (tmp_path / "corp" / name).write_bytes(inputs.locate(clips[clip]).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    said, umask = [], os.umask(0o022)
+    try:
+        for source in (tmp_path / "corp", Path("corp"), Path("corp/../corp")):
+            records = corpus.run(corpus.Options(model="tiny.en", method="fp32", output_format="txt", threads=1), source, tmp_path / "out",
+                                 log=said.append)
+    finally:
+        os.umask(umask)
+    assert [line for line in said if " files, " in line] == ["2 files, 0 already done, 2 to transcribe (local engine)"] + [
+        "2 files, 2 already done, 0 to transcribe (local engine)"] * 2
+    assert {source: r["outputs"] for source, r in records.items()} == {
+        str(tmp_path / "corp" / "talk.wav"): ["talk.wav.txt"], str(tmp_path / "corp" / "talk.flac"): ["talk.flac.txt"]}
+    assert "greasy wash water" in (tmp_path / "out" / "talk.wav.txt").read_text()
+    assert "comparatively modern" in (tmp_path / "out" / "talk.flac.txt").read_text()
+    assert len(lines(tmp_path / "out")) == 2 and (tmp_path / "out" / corpus.RECORDS).stat().st_mode & 0o777 == 0o644
+
+
+def test_output_stems_are_unique_in_each_folder():
+    a, b = Path("/c/a"), Path("/c/b")
+    assert corpus.output_stems([a / "talk.wav", a / "talk.mp3", a / "talk.wav.mp3", a / "solo.wav", b / "talk.wav"]) == {
+        a / "talk.wav": "talk.wav", a / "talk.mp3": "talk.mp3", a / "talk.wav.mp3": "talk.wav.mp3",  # its stem is talk.wav's name
+        a / "solo.wav": "solo", b / "talk.wav": "talk"}

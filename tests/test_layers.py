@@ -1,15 +1,13 @@
 """The house: the library never imports the benchmark, and one registry entry is all a new method needs."""
 
 import ast
-import csv
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import whisper_cpu
-from whisper_cpu import registry, transcribe, workspace
+from whisper_cpu import transcribe, workspace
 from whisper_cpu.bench import accuracy, figures, harness, inputs, longform, publish, results, tables
 from whisper_cpu.runner import DecodeOptions
 
@@ -38,29 +36,13 @@ def test_no_library_module_imports_the_benchmark():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
-@pytest.fixture
-def throwaway(monkeypatch):
-    """fp32 under another name: registered once, nothing else edited."""
-    entry = registry.torch_method("throwaway", "fp32 under another name", lambda model: model, tags=frozenset({registry.LONGFORM}))
-    monkeypatch.setitem(registry.REGISTRY, "throwaway", entry)
-    return entry
-
-
-def small_manifest(folder: Path, ids: tuple[str, ...]) -> Path:
-    with open(workspace.get().manifest, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["id"] in ids]
-    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder / "manifest.csv"
-
-
-def test_a_registered_method_flows_through_bench_gates_report_and_transcribe(throwaway, scratch, clips, mirror, tmp_path, capsys):
+def test_a_registered_method_flows_through_bench_gates_report_and_transcribe(plugins, scratch, clips, mirror, tmp_path, manifest_of):
+    """`throwaway` (tests/plugin_methods.py) is fp32 under another name: registered once, nothing else edited."""
     quiet = lambda *_: None  # noqa: E731
     clip = inputs.file_input(inputs.locate(clips["deepspeech_LDC93S1"]))
-    run_id = harness.run(harness.Options(models=("tiny.en",), methods=("fp32", "throwaway"), repeats=1, threads=1), clip, log=quiet)
-    manifest = small_manifest(tmp_path, ("deepspeech_LDC93S1", "deepspeech_new-home-in-the-stars-16k"))
+    run_id = harness.run(harness.Options(models=("tiny.en",), methods=("fp32", "throwaway"), repeats=1, threads=1, warmup=False),
+                         clip, log=quiet)
+    manifest = manifest_of("deepspeech_LDC93S1", "deepspeech_new-home-in-the-stars-16k")
     accuracy.run(accuracy.Options(models=("tiny.en",), methods=("throwaway",), threads=1, manifest=manifest), run_id, quiet)
     longform.run(longform.Options(models=("tiny.en",), methods=("throwaway",), threads=1, manifest=manifest), run_id, quiet)
 

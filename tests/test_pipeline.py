@@ -125,6 +125,49 @@ def test_a_file_that_fits_one_window_is_framed_as_openai_whisper_frames_it(tiny,
         assert [s["tokens"] for s in batched.segments] == [s["tokens"] for s in sequential["segments"]], name
 
 
+def test_a_rest_follows_only_an_unfinished_segment_prompted_with_the_windows_text(fast_tiny):
+    batcher = pipeline.Batcher(fast_tiny, batch_size=1)
+    begin, hello, world = batcher.tokenizer.timestamp_begin, batcher.tokenizer.encode(" Hello"), batcher.tokenizer.encode(" world")
+    file = pipeline.File(0, np.zeros(1), regions=[(0, 20 * SAMPLE_RATE)])
+
+    def decoded(tokens, temperature=0.0):
+        mel = torch.arange(3000.0).expand(80, 3000)  # each frame holds its index
+        return pipeline.Window(0, 0, 20 * SAMPLE_RATE, mel, "en", DecodingResult(torch.zeros(1), "en", tokens=tokens, temperature=temperature))
+
+    ended = decoded([begin, *hello, begin + 100])  # a single timestamp at the end: the window is consumed
+    assert batcher._rest(file, ended, ENGLISH) is None and ended.cut is None
+    unfinished = decoded([begin, *hello, begin + 100, begin + 150, *world])
+    rest = batcher._rest(file, unfinished, ENGLISH)
+    assert (rest.start, rest.end, unfinished.cut) == (2 * SAMPLE_RATE, 20 * SAMPLE_RATE, len(hello) + 2)  # from the first of the pair
+    assert rest.prompt == (begin, *hello, begin + 100) and rest.mel[0, 0] == 200 and rest.mel[0, 1799] == 1999 and rest.mel[0, 1800] == 0
+    assert batcher._rest(file, decoded(unfinished.result.tokens, temperature=0.6), ENGLISH).prompt == ()
+    assert batcher._rest(file, decoded(unfinished.result.tokens), DecodeOptions(language="en", condition_on_previous_text=False)).prompt == ()
+
+
+@pytest.fixture(scope="module")
+def one_window(fast_tiny, clips, mirror):
+    """Every English dev clip that fits one window, batched together in one `many` call: {path: transcript}."""
+    paths = [inputs.locate(c) for c in clips.values() if c.language == "en" and c.duration_s <= N_SAMPLES / SAMPLE_RATE]
+    return dict(pipeline.BatchedRunner(fast_tiny, []).many(paths, ENGLISH))
+
+
+def test_a_file_that_fits_one_window_gets_openai_whispers_own_words(tiny, one_window):
+    """The rest of a window is decoded only after an unfinished segment, prompted with the window's own text, as
+    openai-whisper's seek loop does: the rest decoded unprompted after a single timestamp invented tails (issues 24, 25)."""
+    for path, transcript in one_window.items():
+        assert transcript.text == tiny.transcribe(audio.load(path), language="en", fp16=False)["text"].strip(), path.name
+
+
+def test_segments_are_ordered_and_disjoint_on_real_clips(fast_tiny, one_window, mirror):
+    hard = sorted((mirror / "hard").glob("spon_*"))  # spontaneous speech, where re-decoded rests overlapped the window's segments
+    joined = np.concatenate([audio.load(p) for p in sorted(one_window)[:8]])  # several windows cut at pauses
+    out = [t for _, t in pipeline.BatchedRunner(fast_tiny, []).many([*hard, joined], ENGLISH)]
+    assert len(hard) == 3 and out[-1].windows > 1
+    for transcript in [*one_window.values(), *out]:
+        spans = [(s["start"], s["end"]) for s in transcript.segments]
+        assert all(start <= end for start, end in spans) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+
+
 def test_word_timestamps_on_the_batched_path(fast_tiny, clips, mirror):
     transcript = pipeline.BatchedRunner(fast_tiny, []).transcribe(inputs.locate(clips["whisper_jfk"]), DecodeOptions(language="en", word_timestamps=True))
     words = [w for s in transcript.segments for w in s["words"]]
@@ -144,6 +187,7 @@ def _small_manifest(folder):
     return manifest
 
 
+@pytest.mark.slow  # the whole bench --batched job; test_bench's bench --all test covers its stages' hand-offs
 def test_the_batched_job_times_sweeps_and_gates_beside_the_batched_peer(scratch, mirror):
     opts = harness.Options(models=("tiny.en",), methods=("fast-qint8-pc-batched", "faster-whisper-int8-batched"),
                            repeats=1, threads=1, batch_sizes=(2,), manifest=_small_manifest(scratch.parent))

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from openai import APIStatusError, AuthenticationError, BadRequestError, OpenAI
+from openai import APIStatusError, AuthenticationError, BadRequestError, NotFoundError, OpenAI
 
 from whisper_cpu import audio, cli, registry, serve
 from whisper_cpu.bench import inputs, load, results
@@ -34,20 +35,18 @@ def start(argv: list[str], environ: dict, run) -> str:
 @pytest.fixture(scope="module")
 def served():
     """`whisper-cpu serve` as users start it, its API key from $WHISPER_CPU_API_KEY, a 4 MB limit: uvicorn on a free port
-    in a thread of this process, tiny.en on the batched fp32 path (a window's words do not depend on its batch there)."""
+    (--port 0) in a thread of this process, tiny.en on the batched fp32 path (a window's words do not depend on its batch there)."""
     got = SimpleNamespace()
 
-    def run(settings, runner, host, port):
-        got.settings, got.instance = settings, uvicorn.Server(uvicorn.Config(serve.create_app(runner, settings), host=host, port=port,
-                                                                             log_level="warning"))
-        got.thread = threading.Thread(target=got.instance.run, daemon=True)
+    def run(settings, runner, sock):
+        got.settings, got.instance = settings, uvicorn.Server(uvicorn.Config(serve.create_app(runner, settings), log_level="warning"))
+        got.url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        got.thread = threading.Thread(target=got.instance.run, kwargs={"sockets": [sock]}, daemon=True)
         got.thread.start()
 
-    port = load._free_port()
-    got.said = start([*SERVE, "--port", str(port), "--max-mb", "4", "--queue-size", "3", "--batch-size", "4"], {"WHISPER_CPU_API_KEY": KEY}, run)
+    got.said = start([*SERVE, "--port", "0", "--max-mb", "4", "--queue-size", "3", "--batch-size", "4"], {"WHISPER_CPU_API_KEY": KEY}, run)
     while not got.instance.started:
         time.sleep(0.05)
-    got.url = f"http://127.0.0.1:{port}/v1"
     yield got
     got.instance.should_exit = True
     got.thread.join(timeout=60)
@@ -76,8 +75,8 @@ def test_openai_client_transcribes_in_every_response_format(client, clips, mirro
     assert "ask not what your country can do for you" in plain.text.lower()
     with open(path, "rb") as f:
         verbose = client.audio.transcriptions.create(model="tiny.en", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"])
-    assert verbose.language == "en" and verbose.duration == pytest.approx(11.0, abs=0.1) and verbose.segments
-    americans = next(w for w in verbose.words if "Americans" in w.word)
+    assert verbose.language == "english" and verbose.duration == pytest.approx(11.0, abs=0.1) and verbose.segments
+    americans = next(w for w in verbose.words if w.word == "Americans")  # without openai-whisper's leading space
     assert 1.0 < americans.start < americans.end < 3.5
     with open(path, "rb") as f:
         srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
@@ -162,6 +161,8 @@ def test_the_api_key_from_the_environment_guards_every_route(served, clips, mirr
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         answer = httpx.get(f"{served.url}/models", headers=headers)
         assert (answer.status_code, answer.json()) == (401, REFUSED)
+    for scheme in ("bearer", "BEARER"):  # the scheme has no case
+        assert httpx.get(f"{served.url}/models", headers={"Authorization": f"{scheme} {KEY}"}).status_code == 200
     answer = post(served.url, inputs.locate(clips["deepspeech_LDC93S1"]), key="wrong")
     assert (answer.status_code, answer.json()) == (401, REFUSED)
 
@@ -170,9 +171,25 @@ def test_the_api_key_from_the_environment_guards_every_route(served, clips, mirr
 def test_the_api_key_flag_wins_over_the_environment_and_none_means_open(monkeypatch, flag, key):
     monkeypatch.setattr(cli.transcribe, "load", lambda opts, log: (SimpleNamespace(batch_size=8), registry.get("fast-fp32-batched")))
     seen = []
-    said = start([*SERVE, *flag], {"WHISPER_CPU_API_KEY": "from-env"} if flag else {}, lambda settings, *rest: seen.append(settings))
-    assert seen == [serve.Settings(model="tiny.en", method="fast-fp32-batched", api_key=key, batch_size=8)]
-    assert said == f"serving tiny.en (fast-fp32-batched) on http://127.0.0.1:8000/v1 {'with' if key else 'without'} an API key\n"
+
+    def run(settings, runner, sock):
+        with sock:
+            seen.append((settings, sock.getsockname()[1]))
+
+    said = start([*SERVE, "--port", "0", *flag], {"WHISPER_CPU_API_KEY": "from-env"} if flag else {}, run)
+    [(settings, port)] = seen
+    assert settings == serve.Settings(model="tiny.en", method="fast-fp32-batched", api_key=key, batch_size=8)
+    assert said == f"serving tiny.en (fast-fp32-batched) on http://127.0.0.1:{port}/v1 {'with' if key else 'without'} an API key\n"
+
+
+def test_a_taken_port_is_said_in_one_line_before_the_model_loads(monkeypatch, capsys):
+    monkeypatch.setattr(cli.transcribe, "load", lambda opts, log: pytest.fail("the model loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main([*SERVE, "--port", str(port)]) == 2
+    assert capsys.readouterr().err == f"whisper-cpu: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_models_lists_the_loaded_model_and_whisper_1(server):
@@ -212,10 +229,28 @@ def test_temperature_replaces_the_fallback_schedule(server, clips, mirror):
 
 def test_language_is_read_by_code_or_name_and_checked_against_the_model(server, clips, mirror):
     path = inputs.locate(clips["deepspeech_LDC93S1"])
-    assert post(server, path, language="English", response_format="verbose_json").json()["language"] == "en"
+    assert post(server, path, language="English", response_format="verbose_json").json()["language"] == "english"
     for language, message in (("de", "tiny.en is English-only: use a multilingual model (e.g. base) for 'de'"),
                               ("klingon", "unknown language 'klingon': use a code such as en, de, fr or a name such as german")):
         answer = post(server, path, language=language)
         assert (answer.status_code, answer.json()["error"]["message"]) == (400, message)
     assert serve.request_options("base", "transcribe", "German", "Hi.", 0.0, True) == serve.DecodeOptions(
         language="de", initial_prompt="Hi.", word_timestamps=True)
+
+
+def test_what_openai_refuses_is_a_400_and_what_is_no_route_a_404_in_openais_shape(server, client, clips, mirror):
+    path = inputs.locate(clips["deepspeech_LDC93S1"])
+    for temperature in (-1.0, 5.0, float("nan")):
+        with pytest.raises(BadRequestError, match=f"temperature {temperature} is not between 0 and 1"):
+            client.audio.transcriptions.create(model="whisper-1", file=path.open("rb"), temperature=temperature)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for name, data, answer in ((None, path.read_bytes(), "file: send the audio as a file: a multipart part with a filename"),
+                               ("notes." + "x" * 300, b"not audio", "cannot decode audio notes.xxx")):
+        refused = httpx.post(f"{server}/audio/transcriptions", files={"file": (name, data)}, data={"model": "whisper-1"}, headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"]["message"].startswith(answer)
+    named = httpx.post(f"{server}/audio/transcriptions", files={"file": ("talk." + "x" * 300, path.read_bytes())}, data={"model": "whisper-1"},
+                       headers=headers, timeout=120)
+    assert named.json() == {"text": "She had your dog suit and greasy wash water all year."}  # an extension that is none: the content decides
+    with pytest.raises(NotFoundError) as missing:
+        client.models.retrieve("tiny.en")
+    assert missing.value.body == {"message": "Not Found: GET /v1/models/tiny.en", "type": "invalid_request_error", "param": None, "code": None}

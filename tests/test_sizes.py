@@ -100,6 +100,7 @@ def test_forced_steps_are_the_same_work_in_our_decoder_and_faster_whisper(window
     assert result.sequences_ids[0] == tokens
 
 
+@pytest.mark.slow  # the bench --sizes job on real and random weights, the peers beside ours
 def test_sizes_job_labels_random_weights_and_keeps_its_rows_apart(scratch, mirror):
     opts = harness.Options(models=("tiny:random",), methods=("fp32-nn", "fast-qint8-pc", "faster-whisper-int8", "whisper.cpp-q8_0", "fp32-gpu"),
                            repeats=1, threads=2, memory=False)

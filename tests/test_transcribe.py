@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -145,6 +146,77 @@ def test_empty_transcripts_are_written_with_a_note_and_clashing_names_refused(mo
     assert len(lines) == 2 and "same name" in lines[0] and "no speech recognized" in lines[1]  # the clash refused before any work
 
 
+class Speaking(Runner):
+    """Says the same two segments of every file that holds a signal."""
+    multilingual, weights = False, []
+
+    def transcribe(self, source, options, progress=False):
+        return Transcript("Hello there.", [{"start": 0.0, "end": 1.5, "text": " Hello"}, {"start": 61.25, "end": 62.0, "text": " there."}], "en")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A method `fake` whose runner is `Speaking`; the models it loaded are listed."""
+    loaded = []
+    monkeypatch.setitem(registry.REGISTRY, "fake", registry.Entry("fake", registry.OURS, "says hello",
+                                                                  lambda model, threads: loaded.append(model) or Speaking()))
+    monkeypatch.setattr(transcribe.torch, "set_num_threads", lambda n: None)  # leave the other tests' threads alone
+    return loaded
+
+
+def test_every_path_is_checked_before_the_model_loads(fake, tmp_path, capsys):
+    opts = transcribe.Options(model="tiny.en", method="fake", output_dir=tmp_path / "out", threads=1)
+    assert transcribe.run(opts, [tmp_path / "typo.wav", tmp_path]) == 2 and fake == []  # nothing to transcribe: no model loaded
+    assert capsys.readouterr().err.splitlines() == [
+        f"whisper-cpu: error: {tmp_path / 'typo.wav'}: no such file",
+        f"whisper-cpu: error: {tmp_path}: a folder: `whisper-cpu corpus {tmp_path} --output-dir OUT` transcribes every audio file in it"]
+
+
+def test_a_corrupt_file_is_one_line_naming_it_once(fake, tmp_path, capsys):
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(b"fLaC" + b"\x00" * 100)
+    assert transcribe.run(transcribe.Options(model="tiny.en", method="fake", output_dir=tmp_path, threads=1), [bad]) == 1
+    assert capsys.readouterr().err == f"whisper-cpu: error: cannot decode audio {bad}: Invalid data found when processing input\n"
+
+
+def test_many_files_advance_a_bar_per_file_with_every_line_on_its_own_and_verbose_prints_segments(fake, tmp_path, capsys):
+    paths = [tmp_path / f"{name}.wav" for name in ("a", "silent", "b")]
+    for path, level in zip(paths, (0.5, 0.0, 0.5)):
+        audio.write_wav(path, np.full(audio.SAMPLE_RATE, level, dtype=np.float32))
+    opts = transcribe.Options(model="tiny.en", method="fake", output_dir=tmp_path / "out", threads=1, verbose=True)
+    assert transcribe.run(opts, paths) == 1
+    out, err = capsys.readouterr()
+    said = [line.split("\r")[-1] for line in err.split("\n")]  # what stays on screen of each line: after its last carriage return
+    assert f"whisper-cpu: error: {paths[1]}: no signal (silence)" in said  # not glued onto the bar
+    assert err.startswith("\rfiles:   0%") and all(f"| {n}/3 [" in err for n in range(4))  # one step per file
+    segments = ["[00:00.000 --> 00:01.500]  Hello", "[01:01.250 --> 01:02.000]  there."]  # openai-whisper's --verbose True lines
+    assert out.splitlines() == [*segments, str(tmp_path / "out" / "a.txt"), *segments, str(tmp_path / "out" / "b.txt")]
+
+
+def test_options_a_batched_method_cannot_honour_are_refused_before_the_model_loads(monkeypatch, tmp_path):
+    batched = registry.REGISTRY["fast-qint8-pc-batched"]
+    monkeypatch.setitem(registry.REGISTRY, batched.name, replace(batched, load=lambda *args: pytest.fail("a model was loaded")))
+    for flags in ({"patience": 2.0, "beam_size": 2}, {"suppress_tokens": "-1,50256"}, {"append_punctuations": ""}):
+        opts = transcribe.Options(model="tiny.en", method="fast-qint8-pc-batched", decoding=DecodeOptions(**flags), threads=1)
+        with pytest.raises(UserError, match=f"^--{next(iter(flags))} belongs to openai-whisper's sequential transcribe, which "
+                                            f"fast-qint8-pc-batched does not run: use a method without -batched"):
+            transcribe.run(opts, [tmp_path / "any.wav"])
+    with pytest.raises(UserError, match="^--patience requires --beam_size"):
+        transcribe.run(transcribe.Options(model="tiny.en", method="fp32", decoding=DecodeOptions(patience=2.0)), [tmp_path / "any.wav"])
+
+
+def test_openai_whispers_other_decoding_options_reach_its_transcribe(tmp_path, clips, mirror, capsys):
+    from whisper_cpu.cli import main
+
+    clip = inputs.locate(clips["deepspeech_LDC93S1"])
+    assert main(["transcribe", str(clip), "--model", "tiny.en", "--method", "fp32", "--threads", "1", "-f", "json", "-o", str(tmp_path),
+                 "--word_timestamps", "True", "--append_punctuations", "", "--beam_size", "2", "--patience", "2", "--length_penalty", "0.5",
+                 "--suppress_tokens", "-1", "--initial_prompt", "Greasy.", "--carry_initial_prompt", "True"]) == 0
+    words = [w["word"] for s in json.loads((tmp_path / f"{clip.stem}.json").read_text())["segments"] for w in s["words"]]
+    assert words[-2:] == [" year", "."]  # no punctuation appended: the full stop is a word of its own
+    assert capsys.readouterr().out == f"{tmp_path / clip.stem}.json\n"
+
+
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "whisper_cpu", "transcribe", *args], capture_output=True, text=True, cwd=cwd)
 
@@ -187,7 +259,7 @@ def test_methods_we_do_not_run_are_one_line(method, message, tmp_path):
 
 def test_word_timestamps_from_the_command_line_on_the_default_method(tmp_path, clips, mirror):
     clip = inputs.locate(clips["whisper_jfk"])
-    done = cli(str(clip), "--model", "tiny.en", "--method", registry.DEFAULT, "--word-timestamps", "--output-format", "json",
+    done = cli(str(clip), "--model", "tiny.en", "--method", registry.DEFAULT, "--word-timestamps", "True", "--output-format", "json",
                "--output-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     words = [w for s in json.loads((tmp_path / f"{clip.stem}.json").read_text())["segments"] for w in s["words"]]

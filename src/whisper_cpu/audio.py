@@ -16,7 +16,7 @@ def load(path: Path) -> np.ndarray:
     """Decode any file PyAV reads to 16 kHz mono float32, as openai-whisper's ffmpeg call would."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"audio file not found: {path}")
+        raise UserError(f"{path} is a folder, not an audio file" if path.is_dir() else f"audio file not found: {path}")
     if (samples := _plain_wav(path)) is not None:
         return samples
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
@@ -28,8 +28,8 @@ def load(path: Path) -> np.ndarray:
             for frame in container.decode(audio=0):
                 chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray() for f in resampler.resample(None))
-    except av.error.FFmpegError as error:
-        raise UserError(f"cannot decode audio {path}: {error}") from None
+    except av.error.FFmpegError as error:  # its str repeats the path after a raw errno: FFmpeg's own words alone
+        raise UserError(f"cannot decode audio {path}: {error.strerror or error}") from None
     if not chunks or sum(c.size for c in chunks) == 0:
         raise UserError(f"{path}: no audio samples")
     return np.concatenate(chunks, axis=1).reshape(-1).astype(np.float32) / 32768.0

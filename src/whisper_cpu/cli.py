@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import UserError, models, transcribe, workspace
 from .runner import DecodeOptions
@@ -23,11 +24,19 @@ def threads(value: str) -> int:
     return n
 
 
-def str2bool(value: str) -> bool:
-    """openai-whisper's boolean flags: True or False, spelled out."""
-    if value not in ("True", "False"):
-        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
-    return value == "True"
+def torch_threads(value: str) -> int:
+    """openai-whisper's --threads: 0 leaves PyTorch's own default."""
+    return 0 if value.strip() == "0" else threads(value)
+
+
+def boolean(flag: str):
+    """openai-whisper's boolean options: True or False, spelled out and required, so a file name after one is a mistake."""
+    def parse(value: str) -> bool:
+        if value not in ("True", "False"):
+            hint = f"; did you mean `{flag} True {value}`?" if Path(value).exists() else ""
+            raise argparse.ArgumentTypeError(f"takes True or False, not {value!r}{hint}")
+        return value == "True"
+    return parse
 
 
 def _temperatures(args) -> tuple[float, ...]:
@@ -43,14 +52,30 @@ def decoding_options(args) -> DecodeOptions:
         condition_on_previous_text=args.condition_on_previous_text, compression_ratio_threshold=args.compression_ratio_threshold,
         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold, initial_prompt=args.initial_prompt,
         word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
-        hallucination_silence_threshold=args.hallucination_silence_threshold,
+        hallucination_silence_threshold=args.hallucination_silence_threshold, patience=args.patience, length_penalty=args.length_penalty,
+        suppress_tokens=args.suppress_tokens, carry_initial_prompt=args.carry_initial_prompt,
+        prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
     )
 
 
+def on_the_cpu(args) -> None:
+    """openai-whisper's device options, here where everything runs on the CPU: a GPU or another model folder is refused,
+    --fp16 True falls back to fp32 with a note, as openai-whisper does on a CPU."""
+    if args.device != "cpu":
+        raise UserError(f"--device {args.device}: whisper-cpu runs on the CPU only; openai-whisper itself runs on a GPU")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+    if args.model_dir and Path(args.model_dir).expanduser().resolve() != cache.resolve():
+        raise UserError(f"--model_dir: whisper-cpu reads official checkpoints only from openai-whisper's default folder, {cache}: "
+                        "copy the .pt files there, or pass a checkpoint file as --model")
+    if args.fp16:
+        print("whisper-cpu: note: --fp16 True: FP16 is not supported on CPU; using FP32 instead, as openai-whisper does", file=sys.stderr)
+
+
 def cmd_transcribe(args) -> int:
+    on_the_cpu(args)
     opts = transcribe.Options(
-        model=args.model, method=args.method, output_format=args.output_format, output_dir=args.output_dir,
-        decoding=decoding_options(args), threads=args.threads or 0, batch_size=args.batch_size or 0,
+        model=args.model, method=args.method, output_format=args.output_format, output_dir=args.output_dir, decoding=decoding_options(args),
+        threads=torch.get_num_threads() if args.threads == 0 else args.threads or 0, batch_size=args.batch_size or 0, verbose=args.verbose,
         writer={key: getattr(args, key) for key in transcribe.WRITER_OPTIONS},
     )
     return 2 if transcribe.run(opts, args.files) else 0
@@ -71,13 +96,14 @@ def cmd_corpus(args) -> int:
 def cmd_serve(args) -> None:
     from . import serve
 
+    sock = serve.bind(args.host, args.port)
     opts = transcribe.Options(model=args.model, method=args.method, threads=args.threads or 0, batch_size=args.batch_size or 0)
     runner, entry = transcribe.load(opts, log=lambda line: print(line, file=sys.stderr))
     settings = serve.Settings(model=args.model, method=entry.name, api_key=args.api_key or os.environ.get("WHISPER_CPU_API_KEY"),
                               max_bytes=int(args.max_mb * 2**20), queue_size=args.queue_size, batch_size=getattr(runner, "batch_size", 1) or 1)
-    print(f"serving {args.model} ({entry.name}) on http://{args.host}:{args.port}/v1 {'with' if settings.api_key else 'without'} an API key",
-          file=sys.stderr)
-    serve.run(settings, runner, args.host, args.port)
+    print(f"serving {args.model} ({entry.name}) on http://{args.host}:{sock.getsockname()[1]}/v1 "
+          f"{'with' if settings.api_key else 'without'} an API key", file=sys.stderr)
+    serve.run(settings, runner, sock)
 
 
 def cmd_models(args) -> None:
@@ -89,28 +115,49 @@ def cmd_models(args) -> None:
 
 
 def _openai_whisper_options(t: argparse.ArgumentParser) -> None:
-    """openai-whisper's transcribe options, under its names and meanings (the dashed spellings work too)."""
-    def option(name: str, **kwargs):
-        t.add_argument(f"--{name.replace('_', '-')}", f"--{name}", dest=name, **kwargs)
+    """openai-whisper's transcribe options, under its names (the dashed spellings work too) and meanings; where our default
+    differs on purpose, the help says so."""
+    def option(name: str, *aliases: str, **kwargs):
+        t.add_argument(*dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}", *aliases]), dest=name, **kwargs)
 
+    def flag(name: str, default: bool, help: str):
+        option(name, type=boolean(f"--{name}"), default=default, metavar="True|False", help=help)
+
+    option("output_format", "-f", choices=transcribe.FORMATS, default="txt", metavar="FORMAT",
+           help=f"{', '.join(transcribe.FORMATS)} (default: txt; openai-whisper's: all)")
+    option("output_dir", "-o", type=Path, default=Path("."), metavar="DIR")
+    flag("verbose", False, "True: also print each file's segments as openai-whisper does, [00:00.000 --> 00:05.000] text, as each file "
+         "is done (default: False, only the files written and a progress bar; openai-whisper's: True)")
     option("task", choices=["transcribe", "translate"], default="transcribe", help="translate: into English (multilingual models)")
-    option("beam_size", type=int, default=None, help="beam search width (default: greedy)")
-    option("best_of", type=int, default=None, help="candidates when sampling with non-zero temperature")
+    option("beam_size", type=int, default=None, help="beam search width (default: greedy, several times faster on a CPU; openai-whisper's: 5)")
+    option("best_of", type=int, default=None, help="candidates when sampling with non-zero temperature (default: 1, as openai-whisper's "
+           "transcribe(); its command line's: 5)")
+    option("patience", type=float, default=None, help="beam search patience (needs --beam_size; default: 1.0)")
+    option("length_penalty", type=float, default=None, help="length penalty alpha for ranking candidates (default: plain length normalisation)")
+    option("suppress_tokens", default=DecodeOptions.suppress_tokens,
+           help="comma-separated token ids never sampled, such as --suppress_tokens=-1,50256 (-1: the usual symbols)")
     option("temperature", type=float, default=0.0)
     option("temperature_increment_on_fallback", type=float, default=0.2, help="0: no fallback")
     option("compression_ratio_threshold", type=float, default=2.4)
     option("logprob_threshold", type=float, default=-1.0)
     option("no_speech_threshold", type=float, default=0.6)
-    option("condition_on_previous_text", type=str2bool, default=True, help="True or False")
+    flag("condition_on_previous_text", True, "the previous window's text as the next one's prompt")
     option("initial_prompt", default=None)
-    option("word_timestamps", type=str2bool, nargs="?", const=True, default=False, help="per-word start and end (True or False)")
-    option("highlight_words", type=str2bool, nargs="?", const=True, default=False, help="underline each word as it is spoken (srt, vtt)")
+    flag("carry_initial_prompt", False, "the initial prompt ahead of every window's prompt, not only the first")
+    flag("word_timestamps", False, "per-word start and end")
+    option("prepend_punctuations", default=DecodeOptions.prepend_punctuations, help="with word timestamps: merged into the next word")
+    option("append_punctuations", default=DecodeOptions.append_punctuations, help="with word timestamps: merged into the previous word")
+    flag("highlight_words", False, "underline each word as it is spoken (srt, vtt; needs word timestamps)")
     option("max_line_width", type=int, default=None, help="characters per subtitle line (needs word timestamps)")
     option("max_line_count", type=int, default=None, help="lines per subtitle (needs word timestamps)")
     option("max_words_per_line", type=int, default=None, help="words per subtitle line (needs word timestamps)")
     option("clip_timestamps", default="0", help="start,end,... seconds of the parts to transcribe (sequential methods)")
     option("hallucination_silence_threshold", type=float, default=None,
            help="skip silences longer than this (s) around a suspected hallucination (sequential methods, word timestamps)")
+    option("threads", type=torch_threads, default=None, help="default: all available cores; 0: PyTorch's own default (openai-whisper's)")
+    option("device", default="cpu", help="cpu only (openai-whisper's default: cuda where there is a GPU)")
+    flag("fp16", False, "openai-whisper's GPU activations; on a CPU it uses fp32, as here (default: False; openai-whisper's: True)")
+    option("model_dir", default=None, help="openai-whisper's checkpoint folder: only its default, ~/.cache/whisper, which is where we read them")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -121,14 +168,12 @@ def parser() -> argparse.ArgumentParser:
                    "else ~/.local/share/whisper-cpu)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("transcribe", help="transcribe files with our fastest faithful method (text, subtitles)")
-    t.add_argument("files", nargs="+", type=Path)
-    t.add_argument("--model", default="base")
+    t = sub.add_parser("transcribe", help="transcribe files with our fastest faithful method (text, subtitles)",
+                       usage="%(prog)s [options] FILE [FILE ...]")  # its errors in two lines, not a page of usage
+    t.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio or video, any format PyAV decodes")
+    t.add_argument("--model", default="base", help="default: base (openai-whisper's: turbo, far slower on a CPU)")
     t.add_argument("--method", default="auto", help="auto: the fastest measured on this CPU that keeps fp32's words")
-    t.add_argument("--output-format", choices=transcribe.FORMATS, default="txt")
-    t.add_argument("--output-dir", type=Path, default=Path("."))
     t.add_argument("--language", help="default: en for .en models, else detected")
-    t.add_argument("--threads", type=threads, default=None, help="default: all available cores")
     t.add_argument("--batch-size", type=int, default=None, help="windows decoded together by a batched method, across files "
                    "(default: 8, fewer where memory is short)")
     _openai_whisper_options(t)

@@ -4,8 +4,13 @@ Each file gets the transcriber's outputs and one record in `DIR/records.jsonl` (
 model, method, language, elapsed, text or error). Records are appended whole and synced as files finish, and the
 file is compacted (the last record per source) at the start and end of a run, so a run killed at any point loses
 nothing: the rerun skips every file whose record has the same sha256, model and method and no error, and does the
-rest. The model and method are chosen once, on the driver; the Ray engine (Ray Data `map_batches` over an actor
-pool, each actor loading the model once) writes the same outputs and records as the local one.
+rest. Sources are keyed by their absolute path, so any spelling of the corpus (relative, absolute, through a link)
+finds the same records. The model and method are chosen once, on the driver; the Ray engine (Ray Data `map_batches`
+over an actor pool, each actor loading the model once) writes the same outputs and records as the local one.
+
+Outputs are named after the source's stem (`talk.wav` writes `talk.txt`), or after its whole name where another source
+of its folder has that stem (`talk.wav` and `talk.mp3` write `talk.wav.txt` and `talk.mp3.txt`): no file of a corpus is
+refused, and none overwrites another's outputs.
 """
 
 import csv
@@ -13,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,10 +49,11 @@ class Options:
 
 
 def sources(source: Path) -> list[Path]:
-    """A folder's audio files (recursively, by extension) or a manifest's `path` column (CSV or JSONL), in order."""
+    """A folder's audio files (recursively, by extension) or a manifest's `path` column (CSV or JSONL), in order, each
+    once by its absolute path: folders resolved, names kept (a link to a file is a source of its own name)."""
     source = Path(source)
     if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO and p.is_file())
+        return sorted({p.parent.resolve() / p.name for p in source.rglob("*") if p.suffix.lower() in AUDIO and p.is_file()})
     if not source.is_file():
         raise UserError(f"no folder or manifest at {source}")
     if source.suffix.lower() == ".jsonl":
@@ -58,7 +65,14 @@ def sources(source: Path) -> list[Path]:
         raise UserError(f"{source}: a corpus is a folder, a .csv or a .jsonl manifest")
     if rows and "path" not in rows[0]:
         raise UserError(f"{source}: the manifest has no `path` column")
-    return [p if (p := Path(r["path"])).is_absolute() else source.parent / p for r in rows]
+    return list(dict.fromkeys((p := source.parent / r["path"]).parent.resolve() / p.name for r in rows))  # an absolute path stays itself
+
+
+def output_stems(paths: list[Path]) -> dict[Path, str]:
+    """Each source's outputs' name before their extension: its stem where no other source of its folder has that stem
+    or name, else its whole name (names are unique in a folder, and a kept stem is no one's name)."""
+    taken = Counter(name for p in paths for name in {(p.parent, p.stem), (p.parent, p.name)})
+    return {p: p.stem if taken[p.parent, p.stem] == 1 else p.name for p in paths}
 
 
 def read_records(folder: Path) -> dict[str, dict]:
@@ -76,9 +90,12 @@ def read_records(folder: Path) -> dict[str, dict]:
 
 
 def compact(folder: Path) -> dict[str, dict]:
-    """records.jsonl rewritten with one record per source, atomically."""
-    records = read_records(folder)
-    write_text(Path(folder) / RECORDS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values()))
+    """records.jsonl rewritten with one record per source, atomically, keeping its mode: the umask's, as `touch` made it."""
+    records, path = read_records(folder), Path(folder) / RECORDS
+    path.touch()
+    mode = path.stat().st_mode & 0o7777
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records.values()))
+    path.chmod(mode)  # the rename brought the temporary file's 0600
     return records
 
 
@@ -107,13 +124,14 @@ class Transcriber:
         self.opts, self.method, self.root = opts, method, Path(root)
         self.runner, _ = transcribe.load(replace(opts, method=method, threads=threads), log=lambda line: None)
 
-    def __call__(self, files: Iterable[tuple[Path, str]], output_dir: Path) -> Iterator[dict]:
-        """A record per file as each finishes (a file that does not read, as soon as it is read). Outputs keep the
-        sources' folders below the corpus root, so files of one name in two folders do not overwrite each other."""
-        digests, samples, order, finished = dict(files), {}, [], {}
+    def __call__(self, files: Iterable[tuple[Path, str, str]], output_dir: Path) -> Iterator[dict]:
+        """A record per (path, sha256, output stem) as each finishes (a file that does not read, as soon as it is read).
+        Outputs keep the sources' folders below the corpus root, so files of one name in two folders do not overwrite
+        each other."""
+        jobs, samples, order, finished = {path: (digest, stem) for path, digest, stem in files}, {}, [], {}
 
         def readable() -> Iterator[np.ndarray]:
-            for path, digest in digests.items():
+            for path, (digest, _) in jobs.items():
                 try:
                     samples[path] = read(path)
                 except UserError as error:
@@ -125,18 +143,19 @@ class Transcriber:
         start = time.perf_counter()
         for i, (_, transcript) in enumerate(self.runner.many(readable(), self.opts.decoding)):  # in the order the arrays went in
             path = order[i]
-            finished[path] = self._finish(path, digests[path], transcript, samples.pop(path), output_dir, time.perf_counter() - start)
+            finished[path] = self._finish(path, *jobs[path], transcript, samples.pop(path), output_dir, time.perf_counter() - start)
             start = time.perf_counter()
             yield from _drain(finished)
         yield from _drain(finished)
 
-    def _finish(self, path: Path, digest: str, transcript, samples, output_dir: Path, elapsed: float) -> dict:
+    def _finish(self, path: Path, digest: str, stem: str, transcript, samples, output_dir: Path, elapsed: float) -> dict:
         if isinstance(transcript, Exception):
             return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, error=str(transcript))
-        folder = Path(output_dir) / path.parent.resolve().relative_to(self.root)
+        folder = Path(output_dir) / path.parent.relative_to(self.root)
+        named = path.with_name(stem + path.suffix)  # openai-whisper's writers name the outputs by what precedes the suffix
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            written = transcribe.write_outputs(transcript.as_whisper_result(), path, self.opts.output_format, folder, self.opts.writer)
+            written = transcribe.write_outputs(transcript.as_whisper_result(), named, self.opts.output_format, folder, self.opts.writer)
         except (OSError, UserError) as error:
             return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, error=str(error))
         return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, transcript=transcript,
@@ -167,10 +186,11 @@ def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(li
     if why:
         log(f"method {method}: {why}")
     registry.ours(method)
-    left = todo(paths, compact(output_dir), opts.model, method)
+    stems = output_stems(paths)
+    left = [(path, digest, stems[path]) for path, digest in todo(paths, compact(output_dir), opts.model, method)]
     log(f"{len(paths)} files, {len(paths) - len(left)} already done, {len(left)} to transcribe ({opts.engine} engine)")
     if left:
-        root = Path(os.path.commonpath([p.parent.resolve() for p in paths]))
+        root = Path(os.path.commonpath([p.parent for p in paths]))
         records = (Transcriber(opts, method, threads, root)(left, output_dir) if opts.engine == "local" else
                    _ray(opts, method, left, output_dir, root, log))
         for record in records:
@@ -186,7 +206,7 @@ class _Actor:
         self.transcriber, self.output_dir = Transcriber(opts, method, threads, Path(root)), Path(output_dir)
 
     def __call__(self, batch: dict) -> dict:
-        files = [(Path(p), d) for p, d in zip(batch["path"], batch["sha256"])]
+        files = [(Path(p), d, s) for p, d, s in zip(batch["path"], batch["sha256"], batch["stem"])]
         return {"record": [json.dumps(r, ensure_ascii=False) for r in self.transcriber(files, self.output_dir)]}
 
 
@@ -198,19 +218,24 @@ def actor_layout(cpus: int, actors: int = 0, threads: int = 0) -> tuple[int, int
     return max(1, cpus // threads), threads
 
 
-def _ray(opts: Options, method: str, files: list[tuple[Path, str]], output_dir: Path, root: Path, log) -> Iterator[dict]:
+def _ray(opts: Options, method: str, files: list[tuple[Path, str, str]], output_dir: Path, root: Path, log) -> Iterator[dict]:
     import ray
 
     if not ray.is_initialized():
+        # Ray Data hands its actors their constructor through the object store, which Ray's core reports in an error line
+        # on every run (ray-project/ray#57733): Ray's C++ log level, here and in a local cluster started here, keeps it
+        # off stderr (a RAY_BACKEND_LOG_LEVEL the user set wins)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
                  **({} if opts.address else {"num_cpus": machine.default_threads()}))
     ray.data.DataContext.get_current().enable_progress_bars = False  # a line per file is printed instead
     actors, threads = actor_layout(int(ray.cluster_resources().get("CPU", 1)), opts.actors, opts.threads)
+    actors = min(actors, len(files))  # each loads the model: none without a file to transcribe
     log(f"ray: {actors} actor{'s' if actors > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}")
-    items = [{"path": str(p), "sha256": d} for p, d in files]
+    items = [{"path": str(p), "sha256": d, "stem": s} for p, d, s in files]
+    # a killed actor comes back and its batch is done again: Ray Data's default (max_restarts and max_task_retries -1)
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _Actor, fn_constructor_kwargs={"opts": opts, "method": method, "threads": threads, "output_dir": str(output_dir), "root": str(root)},
-        batch_size=max(1, opts.batch_size or 4), compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
-        max_restarts=-1, max_task_retries=-1)  # a killed actor comes back and its batch is done again
+        batch_size=max(1, opts.batch_size or 4), compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads)
     for row in dataset.iter_rows():
         yield json.loads(row["record"])

@@ -9,7 +9,9 @@ own `DecodingTask` on the fast decoder, with its temperature fallback applied pe
 that failed are decoded again, together), its no-speech skipping, and its segment and word timing rules.
 
 What this gives up is the conditioning on the previous window's text: windows are independent, as in
-faster-whisper's batched pipeline. The long-form gate measures what that costs.
+faster-whisper's batched pipeline. The long-form gate measures what that costs. Within a window openai-whisper's
+seek loop is kept: where a decode leaves a segment unfinished, the rest of the window is decoded again with the
+window's own text as its prompt, so a file that fits one window gets openai-whisper's own words.
 """
 
 import os
@@ -33,7 +35,7 @@ from . import UserError
 from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, read
 
 SECONDS_PER_TOKEN = 0.02
-REST_S = 1.0  # audio left after a window's last timestamp that is decoded again when it holds speech
+REST_S = 1.0  # audio left after an unfinished segment that is decoded again when it holds speech
 BATCH = 8  # windows per batch where memory allows: on 2 cores base gains little beyond it (README, batch sweep)
 
 
@@ -86,6 +88,7 @@ class Window:
     language: str | None = None
     result: DecodingResult | None = None
     cut: int | None = None  # tokens from here on are decoded again by the window that follows on (`Batcher._rest`)
+    prompt: tuple[int, ...] | None = None  # the text before a rest, as openai-whisper's seek loop prompts it (None: the initial prompt)
 
     @property
     def seek(self) -> int:
@@ -98,7 +101,6 @@ class File:
     index: int
     source: Path | np.ndarray
     windows: list[Window] = field(default_factory=list)
-    samples: np.ndarray | None = None  # kept while windows may still follow on
     regions: list[tuple[int, int]] = field(default_factory=list)
     duration_s: float = 0.0
     error: UserError | None = None
@@ -127,7 +129,9 @@ def skipped(result: DecodingResult, options: DecodeOptions) -> bool:
 
 def segments(window: Window, tokenizer, first_id: int = 0) -> list[dict]:
     """openai-whisper's segments of one decoded window: split at each pair of consecutive timestamps. Text after
-    the last pair stays in a segment that ends where the window's speech ends: the window ends at a pause."""
+    the last pair stays in a segment that ends where the window's speech ends: the window ends at a pause. Times
+    stay inside the window, so segments of consecutive windows never overlap; an instantaneous segment is dropped,
+    as openai-whisper clears it."""
     result, begin = window.result, tokenizer.timestamp_begin
     tokens = torch.tensor(result.tokens[: window.cut], dtype=torch.long)
     offset, duration = window.start / SAMPLE_RATE, (window.end - window.start) / SAMPLE_RATE
@@ -144,8 +148,11 @@ def segments(window: Window, tokenizer, first_id: int = 0) -> list[dict]:
             continue
         start = (piece[0].item() - begin) * SECONDS_PER_TOKEN if piece[0] >= begin else 0.0
         end = (piece[-1].item() - begin) * SECONDS_PER_TOKEN if piece[-1] >= begin and len(piece) > 1 else duration
+        if start == end:
+            continue
+        start, end = min(start, duration), min(max(start, end), duration)
         found.append({
-            "id": first_id + len(found), "seek": window.seek, "start": round(offset + start, 3), "end": round(offset + max(start, end), 3),
+            "id": first_id + len(found), "seek": window.seek, "start": round(offset + start, 3), "end": round(offset + end, 3),
             "text": tokenizer.decode(text), "tokens": piece.tolist(), "temperature": result.temperature,
             "avg_logprob": result.avg_logprob, "compression_ratio": result.compression_ratio, "no_speech_prob": result.no_speech_prob,
         })
@@ -157,11 +164,12 @@ class Batcher:
 
     def __init__(self, model: Whisper, batch_size: int):
         self.model, self.batch_size = model, batch_size
-        self.timestamp_begin = get_tokenizer(model.is_multilingual, num_languages=model.num_languages).timestamp_begin
+        self.tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)  # token ids only
 
-    def _options(self, options: DecodeOptions, language: str | None, temperature: float) -> whisper.DecodingOptions:
+    def _options(self, options: DecodeOptions, window: Window, temperature: float) -> whisper.DecodingOptions:
         search = {"beam_size": options.beam_size} if temperature == 0 else {"best_of": options.best_of}
-        return whisper.DecodingOptions(task=options.task, language=language, temperature=temperature, prompt=options.initial_prompt,
+        prompt = options.initial_prompt if window.prompt is None else list(window.prompt)
+        return whisper.DecodingOptions(task=options.task, language=window.language, temperature=temperature, prompt=prompt,
                                        fp16=False, **search)
 
     @torch.inference_mode()
@@ -171,7 +179,7 @@ class Batcher:
         features = torch.cat([self.model.embed_audio(w.mel[None].to(self.model.device)) for w in windows])
         todo = list(range(len(windows)))
         for temperature in options.temperature:
-            decoded = self.model.decode(features[todo], self._options(options, windows[0].language, temperature))
+            decoded = self.model.decode(features[todo], self._options(options, windows[0], temperature))
             for i, result in zip(todo, decoded):
                 windows[i].result = result
             todo = [i for i in todo if needs_fallback(windows[i].result, options)]
@@ -192,35 +200,45 @@ class Batcher:
         except UserError as error:
             file.error = error
             return
-        file.samples, file.duration_s, file.regions = samples, len(samples) / SAMPLE_RATE, speech_regions(samples)
+        file.duration_s, file.regions = len(samples) / SAMPLE_RATE, speech_regions(samples)
         if len(samples) <= N_SAMPLES:  # one window: nothing to cut, so framed exactly as openai-whisper frames it
             mel = whisper.log_mel_spectrogram(samples, self.model.dims.n_mels, padding=N_SAMPLES)
             file.windows = [Window(file.index, 0, len(samples), whisper.pad_or_trim(mel[:, : mel.shape[-1] - N_FRAMES], N_FRAMES))]
         else:
-            file.windows = [self._window(file, start, end) for start, end in speech_windows(file.regions)]
+            file.windows = [self._window(file, samples, start, end) for start, end in speech_windows(file.regions)]
         language = self._language(file.windows[0], options) if file.windows else (options.language or "en")
         for window in file.windows:
             window.language = language
 
-    def _window(self, file: File, start: int, end: int, language: str | None = None) -> Window:
-        mel = whisper.log_mel_spectrogram(file.samples[start:end], self.model.dims.n_mels, padding=N_SAMPLES)[:, :N_FRAMES]
-        return Window(file.index, start, end, mel, language)
+    def _window(self, file: File, samples: np.ndarray, start: int, end: int) -> Window:
+        mel = whisper.log_mel_spectrogram(samples[start:end], self.model.dims.n_mels, padding=N_SAMPLES)[:, :N_FRAMES]
+        return Window(file.index, start, end, mel)
 
     def _rest(self, file: File, window: Window, options: DecodeOptions) -> Window | None:
-        """A window for what a decode left out: the audio after its last timestamp, where the decoder ended early
-        while the detector hears speech there (openai-whisper seeks to that timestamp and decodes on; a window
-        cut at a pause has nothing else to follow it). Text after that timestamp is left to the new window."""
-        tokens = window.result.tokens
-        stamps = [i for i, t in enumerate(tokens) if t >= self.timestamp_begin]
-        if not stamps or skipped(window.result, options):
+        """A window for what a decode left unfinished, by openai-whisper's seek rule: where the tokens do not end
+        on a single timestamp, the text after the last pair of timestamps is decoded again from the first of that
+        pair, prompted with the text before it (openai-whisper's `all_tokens`, reset after a temperature above 0.5).
+        A decode ending on a single timestamp has consumed its window: decoding what follows, unprompted, invents
+        words after the speech. Its mel is the window's own, sliced and zero-padded as openai-whisper slices a file's."""
+        tokens, begin = window.result.tokens, self.tokenizer.timestamp_begin
+        pairs = [i + 1 for i in range(len(tokens) - 1) if tokens[i] >= begin and tokens[i + 1] >= begin]
+        if not pairs or tokens[-1] >= begin > tokens[-2] or skipped(window.result, options):
             return None
-        consumed = (tokens[stamps[-1]] - self.timestamp_begin) * SECONDS_PER_TOKEN
-        start = window.start + int(consumed * SAMPLE_RATE) // HOP_LENGTH * HOP_LENGTH
-        speech = sum(max(0, min(end, window.end) - max(begin, start)) for begin, end in file.regions)
-        if consumed <= 0 or (window.end - start) / SAMPLE_RATE < REST_S or speech < SAMPLE_RATE // 2:
+        frames = (tokens[pairs[-1] - 1] - begin) * 2  # openai-whisper's input_stride: mel frames per timestamp step
+        start = window.start + frames * HOP_LENGTH
+        speech = sum(max(0, min(b, window.end) - max(a, start)) for a, b in file.regions)
+        if frames <= 0 or (window.end - start) / SAMPLE_RATE < REST_S or speech < SAMPLE_RATE // 2:
             return None
-        window.cut = stamps[-1] + 1
-        return self._window(file, start, window.end, window.language)
+        window.cut = pairs[-1]
+        prompt = ()
+        if options.condition_on_previous_text and window.result.temperature <= 0.5:
+            before = window.prompt if window.prompt is not None else self._initial_prompt(options)
+            prompt = (*before, *(t for s in segments(window, self.tokenizer) for t in s["tokens"]))
+        mel = whisper.pad_or_trim(window.mel[:, frames: (window.end - window.start) // HOP_LENGTH], N_FRAMES)
+        return Window(file.index, start, window.end, mel, window.language, prompt=prompt)
+
+    def _initial_prompt(self, options: DecodeOptions) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(" " + options.initial_prompt.strip())) if options.initial_prompt else ()
 
     def transcript(self, file: File, options: DecodeOptions) -> Transcript:
         language = file.windows[0].language if file.windows else (options.language or "en")
@@ -260,7 +278,6 @@ class Batcher:
                 bar.refresh()
             while pending and pending[0].finished:
                 file = pending.pop(0)
-                file.samples = None
                 if progress and file.error is None:
                     bar.write(f"done: {file.source if isinstance(file.source, Path) else 'array'} ({file.duration_s:.0f} s, {len(file.windows)} windows)")
                 yield file.source, file.error or self.transcript(file, options)
@@ -268,8 +285,8 @@ class Batcher:
                 if exhausted and not pending:
                     break
                 continue
-            language = queue[0].language  # one language per batch: it is part of every row's prompt
-            batch = [w for w in queue if w.language == language][: self.batch_size]
+            key = (queue[0].language, queue[0].prompt)  # one language and one prompt per batch: both open every row's tokens
+            batch = [w for w in queue if (w.language, w.prompt) == key][: self.batch_size]
             queue = [w for w in queue if not any(w is b for b in batch)]
             self.decode(batch, options)
             for window in batch:

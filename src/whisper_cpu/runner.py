@@ -39,6 +39,12 @@ class DecodeOptions:
     word_timestamps: bool = False  # per-word start and end from the cross-attention of the alignment heads
     clip_timestamps: str = "0"  # openai-whisper's: start,end,... seconds of the clips to transcribe ("0": all)
     hallucination_silence_threshold: float | None = None  # openai-whisper's: skip silences this long (s) around a suspected hallucination
+    patience: float | None = None  # openai-whisper's beam search patience (None: 1.0)
+    length_penalty: float | None = None  # openai-whisper's ranking of finished candidates (None: plain length normalisation)
+    suppress_tokens: str = "-1"  # openai-whisper's: comma-separated token ids never sampled ("-1": its usual symbols)
+    carry_initial_prompt: bool = False  # openai-whisper's: the initial prompt ahead of every window's, not only the first
+    prepend_punctuations: str = "\"'“¿([{-"  # openai-whisper's: merged into the next word's timing
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"  # openai-whisper's: merged into the previous word's timing
 
     @property
     def tag(self) -> str:

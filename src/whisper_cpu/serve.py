@@ -4,13 +4,17 @@ Requests wait in a bounded queue (503 when it is full). One worker thread takes 
 other waiting one with the same decoding options, up to the batch size, and decodes them in one call of the
 runner: with a batched method their windows go through the decoder together, so concurrent clients share
 each pass instead of queueing behind one another. Errors have OpenAI's shape and one line of message: 400 for
-audio that does not decode or holds no sound, 401 without the API key, 413 above the size limit. On shutdown
-the server stops accepting, answers what it has accepted, then exits.
+audio that does not decode or holds no sound and for parameters OpenAI refuses (a temperature outside [0, 1]), 401
+without the API key, 404 for what is not a route, 413 above the size limit. On shutdown the server stops accepting,
+answers what it has accepted, then exits.
 """
 
 import asyncio
+import contextlib
 import io
+import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -20,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from whisper.tokenizer import LANGUAGES
 from whisper.utils import get_writer
 
 from . import UserError
@@ -109,9 +114,10 @@ class Worker:
 
 
 def read_upload(data: bytes, name: str) -> np.ndarray:
-    """The upload decoded as a file would be (PyAV), with the transcriber's checks for silence and corrupt audio."""
+    """The upload decoded as a file would be (PyAV), with the transcriber's checks for silence and corrupt audio. Its
+    name's extension, where it looks like one, is a hint to the decoder: the content decides."""
     suffix = Path(name or "audio").suffix
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+    with tempfile.NamedTemporaryFile(suffix=suffix if re.fullmatch(r"\.\w{1,16}", suffix) else "") as tmp:
         tmp.write(data)
         tmp.flush()
         try:
@@ -122,6 +128,8 @@ def read_upload(data: bytes, name: str) -> np.ndarray:
 
 def request_options(model: str, task: str, language: str | None, prompt: str | None, temperature: float, words: bool) -> DecodeOptions:
     """OpenAI's parameters as openai-whisper's options: temperature 0 means openai-whisper's fallback, as OpenAI documents."""
+    if not 0 <= temperature <= 1:  # NaN too
+        raise UserError(f"temperature {temperature} is not between 0 and 1")
     options = DecodeOptions(task=task, language=language_for(model, language), initial_prompt=prompt or None, word_timestamps=words)
     if temperature:
         options = replace(options, temperature=(float(temperature),))
@@ -143,9 +151,11 @@ def render(transcript: Transcript, response_format: str, task: str, duration: fl
     segments = [{"id": i, "seek": s.get("seek", 0), "start": s["start"], "end": s["end"], "text": s["text"], "tokens": s.get("tokens", []),
                  "temperature": s.get("temperature", 0.0), "avg_logprob": s.get("avg_logprob"), "compression_ratio": s.get("compression_ratio"),
                  "no_speech_prob": s.get("no_speech_prob")} for i, s in enumerate(transcript.segments)]
-    body = {"task": task, "language": transcript.language, "duration": round(duration, 3), "text": transcript.text, "segments": segments}
-    if words:
-        body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"]} for s in transcript.segments for w in s.get("words", [])]
+    body = {"task": task, "language": LANGUAGES.get(transcript.language, transcript.language),  # OpenAI names it: "english"
+            "duration": round(duration, 3), "text": transcript.text, "segments": segments}
+    if words:  # without openai-whisper's leading space, as OpenAI gives them
+        body["words"] = [{"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
+                         for s in transcript.segments for w in s.get("words", [])]
     return body, "application/json"
 
 
@@ -154,6 +164,7 @@ def create_app(runner: Runner, settings: Settings):
     from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException
 
     worker: Worker | None = None
 
@@ -172,11 +183,19 @@ def create_app(runner: Runner, settings: Settings):
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
         problem = exc.errors()[0]
-        return error(400, f"{'.'.join(str(p) for p in problem['loc'][1:]) or 'request'}: {problem['msg']}")
+        where = ".".join(str(p) for p in problem["loc"][1:]) or "request"
+        if where == "file" and problem["type"] == "value_error":  # a part without a filename arrives as a form field
+            problem["msg"] = "send the audio as a file: a multipart part with a filename"
+        return error(400, f"{where}: {problem['msg']}")
+
+    @app.exception_handler(HTTPException)
+    async def unrouted(request, exc):
+        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if settings.api_key and (scheme.lower() != "bearer" or key.strip() != settings.api_key):  # the scheme has no case
             return error(401, "missing or wrong API key: send Authorization: Bearer <key>", "authentication_error")
         if int(request.headers.get("content-length") or 0) > settings.max_bytes + 2**16:
             return error(413, f"the request is larger than the server's limit of {settings.max_bytes // 2**20} MB")
@@ -224,10 +243,24 @@ def create_app(runner: Runner, settings: Settings):
     return app
 
 
-def run(settings: Settings, runner: Runner, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM): uvicorn stops accepting and waits for the requests in flight."""
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn would, before the model loads: a taken port is said at once, in one line."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as error:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}") from None
+    return sock
+
+
+def run(settings: Settings, runner: Runner, sock: socket.socket) -> None:
+    """Serve on SOCK (see `bind`) until interrupted (SIGINT/SIGTERM): uvicorn stops accepting and waits for the requests in flight."""
     import uvicorn
 
-    # uvicorn shuts down gracefully, then raises the signal again under the handler found before it: SIGTERM then exits 0
+    # uvicorn shuts down gracefully, then raises the signal again under the handler found before it: SIGTERM then exits 0,
+    # SIGINT raises KeyboardInterrupt, which uvicorn.run would swallow too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(runner, settings), host=host, port=port, timeout_graceful_shutdown=60, log_level="warning")
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(uvicorn.Config(create_app(runner, settings), timeout_graceful_shutdown=60, log_level="warning")).run(sockets=[sock])

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
-from whisper.utils import get_writer
+from whisper.utils import format_timestamp, get_writer, make_safe
 
 from . import UserError, machine, registry, workspace
 from .runner import DecodeOptions, Runner
@@ -34,9 +35,12 @@ class Options:
     threads: int = 0  # 0: machine.default_threads()
     batch_size: int = 0  # windows decoded together by a batched method (0: its default for this model and memory)
     writer: dict = field(default_factory=dict)  # openai-whisper's subtitle options: highlight_words, max_line_width, ...
+    verbose: bool = False  # also print each file's segments as openai-whisper's --verbose True does
 
 
 WRITER_OPTIONS = ("highlight_words", "max_line_width", "max_line_count", "max_words_per_line")
+SEQUENTIAL = ("patience", "length_penalty", "suppress_tokens", "prepend_punctuations", "append_punctuations", "clip_timestamps",
+              "hallucination_silence_threshold")  # decoding options that only openai-whisper's sequential transcribe honours
 
 
 def _runnable(name: str) -> bool:
@@ -48,6 +52,13 @@ def faithful(method: str, *ci_lows: float | None) -> bool:
     """The rule `auto` trusts: fp32 itself, or every gate's 95% CI of the WER change against fp32 reaches zero (a
     missing one, None or NaN, counts as failed). The benchmark's report applies it when it writes choices.json."""
     return method == "fp32" or all(low is not None and low <= 0 for low in ci_lows)
+
+
+def faithful_everywhere(method: str, ci_lows: dict[object, tuple[float | None, ...]]) -> bool:
+    """The stricter rule for the harder material (`auto` does not read it yet): `faithful` on every category (key), its
+    CIs those of the WER change and of the words written past the reference's end (on non-speech: every word) against
+    fp32, so a method that makes up words in noise or silence fails though its WER holds; nothing measured fails."""
+    return method == "fp32" or (bool(ci_lows) and all(faithful(method, *lows) for lows in ci_lows.values()))
 
 
 def _read_choices(path: Path) -> list[dict]:
@@ -97,9 +108,11 @@ def language_for(model: str, language: str | None) -> str | None:
 
 
 def check_options(opts: "Options") -> None:
-    """openai-whisper's CLI rules: the subtitle line options need word timings; English-only models cannot translate."""
+    """openai-whisper's CLI rules: the subtitle line options need word timings, patience a beam; English-only models cannot translate."""
     if not opts.decoding.word_timestamps and (used := [k for k in WRITER_OPTIONS if opts.writer.get(k)]):
         raise UserError(f"--{used[0]} requires --word_timestamps True")
+    if opts.decoding.patience is not None and opts.decoding.beam_size is None:
+        raise UserError("--patience requires --beam_size (it widens beam search)")
     if opts.decoding.task == "translate" and opts.model.endswith(".en"):
         raise UserError(f"{opts.model} is English-only: --task translate needs a multilingual model (e.g. base)")
 
@@ -119,47 +132,74 @@ def write_outputs(result: dict, source: Path, output_format: str, output_dir: Pa
     return written
 
 
-def load(opts: Options, log=lambda line: print(line, file=sys.stderr)) -> tuple[Runner, registry.Entry]:
-    """The runner of the method `opts` names (`auto`: the measured choice, said in one line), on its threads."""
-    threads = opts.threads or machine.default_threads()
-    torch.set_num_threads(threads)
-    name, why = resolve_method(opts.model, opts.method, threads)
+def entry_for(opts: Options, log=lambda line: print(line, file=sys.stderr)) -> registry.Entry:
+    """The method `opts` names (`auto`: the measured choice, said in one line), refused before the model loads where it
+    is batched and the options are ones only openai-whisper's sequential transcribe honours."""
+    name, why = resolve_method(opts.model, opts.method, opts.threads or machine.default_threads())
     if why:
         log(f"method {name}: {why}")
     entry = registry.ours(name)
+    if entry.batched and (used := [k for k in SEQUENTIAL if getattr(opts.decoding, k) != getattr(DecodeOptions, k)]):
+        raise UserError(f"--{used[0]} belongs to openai-whisper's sequential transcribe, which {name} does not run: "
+                        f"use a method without -batched (e.g. --method {registry.DEFAULT})")
+    return entry
+
+
+def load(opts: Options, log=lambda line: print(line, file=sys.stderr), entry: registry.Entry | None = None) -> tuple[Runner, registry.Entry]:
+    """The runner of the method `opts` names (or `entry`, already chosen by `entry_for`), on its threads."""
+    threads = opts.threads or machine.default_threads()
+    torch.set_num_threads(threads)
+    entry = entry or entry_for(opts, log)
     runner = entry.load(opts.model, threads)
     if entry.batched and opts.batch_size:
         runner.batch_size = opts.batch_size
     return runner, entry
 
 
-def run(opts: Options, paths: list[Path], log=lambda line: print(line, file=sys.stderr)) -> int:
-    """Transcribe every file with one loaded model, printing the paths written; returns how many files failed."""
+def _problem(path: Path, seen: dict[str, Path]) -> str | None:
+    """Why a path cannot be transcribed, found before the model loads: a typo costs no model load."""
+    if path.is_dir():
+        return f"a folder: `whisper-cpu corpus {path} --output-dir OUT` transcribes every audio file in it"
+    if not path.exists():
+        return "no such file"
+    return "an earlier file has the same name, so its outputs would be overwritten" if path.stem in seen else None
+
+
+def run(opts: Options, paths: list[Path], log=lambda line: tqdm.write(line, file=sys.stderr)) -> int:
+    """Transcribe every file with one loaded model, printing the paths written; returns how many files failed. Lines go
+    through tqdm.write, so none is glued onto a progress bar: the files' own for many files, else the method's."""
     check_options(opts)
     opts = replace(opts, decoding=replace(opts.decoding, language=language_for(opts.model, opts.decoding.language)))
+    entry = entry_for(opts, log)
     try:
         Path(opts.output_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the output folder {opts.output_dir}: {error.strerror or error}") from None
-    runner, _ = load(opts, log)
     failed, unique = 0, {}
     for path in map(Path, paths):
-        if path.stem in unique:
-            log(f"whisper-cpu: error: {path}: an earlier file has the same name, so its outputs would be overwritten")
+        if problem := _problem(path, unique):
+            log(f"whisper-cpu: error: {path}: {problem}")
             failed += 1
         else:
             unique[path.stem] = path
-    for path, transcript in runner.many(list(unique.values()), opts.decoding, progress=True):
-        try:
-            if isinstance(transcript, UserError):
-                raise transcript
-            written = write_outputs(transcript.as_whisper_result(), path, opts.output_format, Path(opts.output_dir), opts.writer)
-        except UserError as error:
-            log(f"whisper-cpu: error: {path}: {error}")
-            failed += 1
-            continue
-        if not transcript.text:
-            log(f"whisper-cpu: note: {path}: no speech recognized, the outputs are empty")
-        for file in written:
-            print(file)
+    if not unique:
+        return failed
+    runner, _ = load(opts, log, entry)
+    with tqdm(total=len(unique), unit="file", desc="files", disable=len(unique) == 1, file=sys.stderr, mininterval=0) as bar:
+        for path, transcript in runner.many(list(unique.values()), opts.decoding, progress=len(unique) == 1):
+            bar.update()
+            try:
+                if isinstance(transcript, UserError):
+                    raise transcript
+                written = write_outputs(transcript.as_whisper_result(), path, opts.output_format, Path(opts.output_dir), opts.writer)
+            except UserError as error:  # audio's errors name the file already
+                log(f"whisper-cpu: error: {error if str(path) in str(error) else f'{path}: {error}'}")
+                failed += 1
+                continue
+            if not transcript.text:
+                log(f"whisper-cpu: note: {path}: no speech recognized, the outputs are empty")
+            for s in transcript.segments if opts.verbose else ():
+                tqdm.write(make_safe(f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] {s['text']}"), file=sys.stdout)
+            for file in written:
+                tqdm.write(str(file), file=sys.stdout)
     return failed

@@ -19,6 +19,7 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 from .. import UserError, machine, models, registry, workspace
 from ..runner import DecodeOptions, spoken
+from ..transcribe import faithful_everywhere
 from . import inputs, isolate, results
 
 CHARACTER_LANGUAGES = {"ja", "ko", "zh", "th", "lo", "my", "km"}
@@ -93,7 +94,7 @@ def transcribe_config(spec: dict) -> None:
 
 def score(records: list[dict]) -> list[dict]:
     """Per model x method x language: corpus WER/CER, RTFx, and the delta against fp32 with its 95% CI."""
-    scored = [r | errors(r["reference"], r["hypothesis"], r["language"]) for r in records]
+    scored = [r | errors(r["reference"], r["hypothesis"], r["language"]) for r in records if normalize(r["reference"], r["language"])]
     groups: dict[tuple, list[dict]] = {}
     for r in scored:
         groups.setdefault((r["model"], r["method"], r["language"]), []).append(r)
@@ -117,6 +118,68 @@ def score(records: list[dict]) -> list[dict]:
                     "identical_to_fp32": round(float(np.mean(same)), 3)}
         rows.append(row)
     return rows
+
+
+def tokens(text: str, language: str) -> list[str]:
+    normalized = normalize(text, language)
+    return list(normalized) if language in CHARACTER_LANGUAGES else normalized.split()
+
+
+def trailing_insertions(reference: str, hypothesis: str, language: str) -> int:
+    """Words written past the reference's last word (every word, where the reference is empty): what Whisper makes up in
+    the noise or silence after speech, where a method's insertions hide in its WER."""
+    ref, hyp = tokens(reference, language), tokens(hypothesis, language)
+    if not ref or not hyp:
+        return 0 if ref else len(hyp)
+    return sum(chunk.hyp_end_idx - chunk.hyp_start_idx for chunk in jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]
+               if chunk.type == "insert" and chunk.ref_start_idx == len(ref))
+
+
+def score_categories(records: list[dict], categories: dict[str, str]) -> list[dict]:
+    """Per model x method x language x category (by audio_id, "clean" where unknown): WER of the speech, words per
+    minute of non-speech (empty reference), words past the reference's end, repeated 5-grams; against fp32, paired
+    bootstrap CIs of the WER change and of the change in those insertions per minute of audio (on non-speech every
+    word is one, so their CI is that of the words written on it)."""
+    from .longform import repeated_ngrams  # longform imports this module
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        speech = bool(tokens(r["reference"], r["language"]))
+        r = r | (errors(r["reference"], r["hypothesis"], r["language"]) if speech else {"word_errors": 0, "words": 0}) | {
+            "speech": speech, "minutes": r["duration_s"] / 60, "tail": trailing_insertions(r["reference"], r["hypothesis"], r["language"]),
+            "repeated": repeated_ngrams(r["reference"], r["hypothesis"])}
+        groups.setdefault((r["model"], r["method"], r["language"], categories.get(r["audio_id"], "clean")), []).append(r)
+    rows = []
+    for (model, method, language, category), group in groups.items():
+        group = sorted(group, key=lambda r: r["audio_id"])
+        silent = [r for r in group if not r["speech"]]
+        row = {
+            "model": model, "method": method, "language": language, "category": category, "n_utterances": len(group),
+            "audio_s": round(sum(r["duration_s"] for r in group), 3),
+            "wer": round(sum(r["word_errors"] for r in group) / words, 5) if (words := sum(r["words"] for r in group)) else None,
+            "nonspeech_words_per_min": round(sum(r["tail"] for r in silent) / sum(r["minutes"] for r in silent), 3) if silent else None,
+            "tail_insertions": sum(r["tail"] for r in group), "repeated_ngrams": sum(r["repeated"] for r in group),
+        }
+        base = sorted(groups.get((model, "fp32", language, category), []), key=lambda r: r["audio_id"])
+        if method != "fp32" and [r["audio_id"] for r in base] == [r["audio_id"] for r in group]:
+            if speech := [i for i, r in enumerate(group) if r["speech"]]:
+                delta, low, high = bootstrap_delta([base[i]["word_errors"] for i in speech], [group[i]["word_errors"] for i in speech],
+                                                   [group[i]["words"] for i in speech])
+                row |= {"wer_delta": round(delta, 5), "wer_ci_low": round(low, 5), "wer_ci_high": round(high, 5)}
+            delta, low, high = bootstrap_delta([r["tail"] for r in base], [r["tail"] for r in group], [r["minutes"] for r in group])
+            row |= {"ins_per_min_delta": round(delta, 4), "ins_ci_low": round(low, 4), "ins_ci_high": round(high, 4)}
+        rows.append(row)
+    return rows
+
+
+def passes(rows: list[dict]) -> dict[tuple[str, str], bool]:
+    """Per model x method of `score_categories`' rows: `faithful_everywhere` over its categories, the WER CI where there
+    is speech and the insertion CI everywhere (a missing one fails)."""
+    lows: dict[tuple, dict] = {}
+    for r in rows:
+        lows.setdefault((r["model"], r["method"]), {})[(r["language"], r["category"])] = (
+            *((r.get("wer_ci_low"),) if r["wer"] is not None else ()), r.get("ins_ci_low"))
+    return {key: faithful_everywhere(key[1], by_category) for key, by_category in lows.items()}
 
 
 def transcripts_path(run_id: str, decoding: DecodeOptions) -> Path:
@@ -155,8 +218,15 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
             bar.write(f"note: {model_name} {method_name} failed: {why}")
             failed[(model_name, method_name)] = why
     bar.close()
-    append_scores("accuracy", run_id, opts.models, opts.methods, opts.decoding, threads, failed, score, results.read_jsonl(transcripts))
+    records = results.read_jsonl(transcripts)
+    append_scores("accuracy", run_id, opts.models, opts.methods, opts.decoding, threads, failed, score, records)
+    categories = {clip.id: clip.category for clip, _ in found}
+    append_scores("categories", run_id, opts.models, opts.methods, opts.decoding, threads, failed,
+                  lambda kept: score_categories(kept, categories), records)
     return run_id
+
+
+IDENTITY = {"accuracy": ("language",), "categories": ("language", "category"), "longform": ("audio_id",)}  # what a score row is of
 
 
 def append_scores(table: str, run_id: str, model_names, method_names, decoding: DecodeOptions, threads: int, failed: dict, scorer,
@@ -169,7 +239,7 @@ def append_scores(table: str, run_id: str, model_names, method_names, decoding: 
               "decoding": decoding.tag}
     held = results.read(table)
     held = held[(held.run_id == run_id) & (held.status != results.FAILED)] if len(held) else held
-    keys = ["model", "method", "beam_size", "decoding", "language" if table == "accuracy" else "audio_id"]
+    keys = ["model", "method", "beam_size", "decoding", *IDENTITY[table]]
     seen = set(map(tuple, held[keys].itertuples(index=False))) if len(held) else set()
     rows = [{**common, **row, "status": "ok"} for row in scorer([r for r in records if (r["model"], r["method"]) in wanted])]
     results.append(table, [

@@ -107,6 +107,17 @@ def cmd_accuracy(args) -> None:
                "ci_low", "ci_high", "identical_to_fp32", "fallbacks", "rtfx"]
     print(f"\nrun {run_id}: corpus WER/CER in %, delta against fp32 in points with its 95% bootstrap CI")
     print(table[[c for c in columns if c in table]].astype(object).fillna("").to_string(index=False))
+    by_category = results.read("categories")
+    by_category = by_category[(by_category.run_id == run_id) & (by_category.status == "ok")]
+    if set(by_category.category) - {"clean"}:
+        verdict = accuracy.passes(by_category.to_dict("records"))
+        print(f"\nper category: WER %, words per minute of non-speech, words past the reference's end; changes against fp32 "
+              "[95% CI]; `passes`: no measurable loss of words or added words in any category")
+        by_category = _percent(by_category.copy(), ("wer", "wer_delta", "wer_ci_low", "wer_ci_high"))
+        by_category["passes"] = [verdict.get((m, k)) for m, k in zip(by_category.model, by_category.method)]
+        columns = ["model", "method", "category", "n_utterances", "wer", "wer_delta", "wer_ci_low", "wer_ci_high",
+                   "nonspeech_words_per_min", "tail_insertions", "ins_per_min_delta", "ins_ci_low", "ins_ci_high", "passes"]
+        print(by_category.reindex(columns=columns).astype(object).fillna("").to_string(index=False))
 
 
 def cmd_longform(args) -> None:
@@ -180,6 +191,14 @@ def cmd_scaleout(args) -> None:
 def cmd_audio(args) -> None:
     if args.action == "seed":
         print(f"original's clip: {inputs.fetch_seed()}")
+        return
+    if args.action == "harder":
+        from . import augment
+
+        clips = inputs.read_manifest(path := augment.write(manifest=args.manifest))
+        print(f"harder material (seed 0): {path}")
+        for category in dict.fromkeys(c.category for c in clips):
+            print(f"  {category}: {sum(c.category == category for c in clips)} clips")
         return
     clips = inputs.read_manifest(args.manifest)
     found = inputs.available(clips)
@@ -257,7 +276,7 @@ def add_commands(sub) -> None:
     f.set_defaults(func=cmd_floor)
 
     a = sub.add_parser("audio", help="verify the real-speech clips and build the benchmark inputs")
-    a.add_argument("action", choices=["prepare", "seed"])
+    a.add_argument("action", choices=["prepare", "seed", "harder"])
     a.add_argument("--manifest", type=Path, default=None)
     a.set_defaults(func=cmd_audio)
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,7 @@ SYNTH_TEXT = (
 )
 # Two long recordings from the same clips, so that one lucky order or pause length cannot decide the gate.
 LONGFORM = (("longform-en-a", False, 1.0), ("longform-en-b", True, 0.5))  # (id, reversed order, pause seconds)
+NONSPEECH = "nonspeech"  # the category whose clips hold no speech: their reference is empty, every word written an insertion
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,14 @@ class Clip:
     language: str
     reference: str
     source_url: str = ""
+    category: str = "clean"
+    folder: str = ""  # the manifest's own folder, where its files are looked for first (the mirror's hard/, the harder material)
 
 
 def read_manifest(path: Path | None = None) -> list[Clip]:
+    """A manifest's clips. Its `file`s are relative to its own folder, else to the mirror or the audio cache; a clip with
+    no `category` is "clean"; only a "nonspeech" clip may have an empty reference, and with no language it is decoded
+    as English, like the rest of the gate. Where two files share a stem and no `id` is given, the file name is the id."""
     path = Path(path or workspace.get().manifest)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
@@ -51,11 +58,15 @@ def read_manifest(path: Path | None = None) -> list[Clip]:
     need = {"file", "sha256", "language", "reference"}
     if not rows or need - rows[0].keys():
         raise UserError(f"{path}: a manifest needs the columns {', '.join(sorted(need))}")
+    if empty := [r["file"] for r in rows if not r["reference"].strip() and r.get("category") != NONSPEECH]:
+        raise UserError(f"{path}: {empty[0]} has an empty reference, which only a {NONSPEECH} clip may have")
+    stems = Counter(Path(r["file"]).stem for r in rows)
     return [
         Clip(
-            id=r.get("id") or Path(r["file"]).stem, file=r["file"], sha256=r["sha256"].lower(),
-            duration_s=float(r.get("duration_s") or 0), language=r["language"], reference=r["reference"],
-            source_url=r.get("source_url", ""),
+            id=r.get("id") or (Path(r["file"]).stem if stems[Path(r["file"]).stem] == 1 else r["file"]), file=r["file"],
+            sha256=r["sha256"].lower(), duration_s=float(r.get("duration_s") or 0), language=r["language"] or "en",
+            reference=r["reference"], source_url=r.get("source_url", ""), category=r.get("category") or "clean",
+            folder=str(path.resolve().parent),
         )
         for r in rows
     ]
@@ -74,9 +85,9 @@ def _verified(path: Path, clip: Clip) -> Path:
 
 
 def locate(clip: Clip, audio_dir: Path | None = None) -> Path:
-    """The verified local file of a clip: from audio_dir or the mirror, else downloaded into the audio cache."""
+    """The verified local file of a clip: from audio_dir, its manifest's folder or the mirror, else downloaded into the audio cache."""
     cache = workspace.get().cache
-    for folder in (audio_dir, workspace.get().mirror, cache):
+    for folder in (audio_dir, clip.folder or None, workspace.get().mirror, cache):
         if folder is not None and (Path(folder) / clip.file).is_file():
             return _verified(Path(folder) / clip.file, clip)
     if not clip.source_url:

@@ -21,7 +21,7 @@ import torch
 
 from .. import machine, workspace
 
-TABLES = ("timings", "accuracy", "longform", "memory", "peak", "kernels", "serve", "corpus")
+TABLES = ("timings", "accuracy", "categories", "longform", "memory", "peak", "kernels", "serve", "corpus")
 
 
 def environment(threads: int) -> dict:
@@ -93,6 +93,7 @@ BACKFILL = {
     "timings": {"decoding": OLD_DECODING, "weights": "real", "batch_size": 1, "isa": "", "status": "ok", "contended": False},
     "memory": {"decoding": "fallback+cond", "weights": "real", "batch_size": 1, "isa": ""},
     "accuracy": {"decoding": OLD_DECODING, "isa": "", "status": "ok"},
+    "categories": {"status": "ok"},
     "longform": {"isa": "", "status": "ok"},
     "peak": {"isa": "", "kernel": lambda rows: rows.arithmetic},  # one kernel per number format before the column
 }
