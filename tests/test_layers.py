@@ -51,7 +51,8 @@ def test_a_registered_method_flows_through_bench_gates_report_and_transcribe(plu
     scores = tables.load_accuracy().set_index("method")
     assert scores.loc["throwaway", "wer_delta"] == 0 and scores.loc["throwaway", "system"] == "whisper_cpu"
     assert "throwaway" in set(tables.longform_table(tables.load_longform()).method)
-    assert figures.write_figures(timings, tables.load_accuracy(), tables.published(), tmp_path / "figures")
+    written = figures.write_figures(timings, tables.load_accuracy(), tables.published(), tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["speed_vs_wer.png", "speedup_vs_published.png", "time_split.png"]  # one thread count, no memory rows
     assert "| tiny.en | throwaway" in publish.readme_table(timings, tables.load_accuracy(), tables.published())
 
     publish.write_choices()

@@ -84,8 +84,9 @@ def test_qint8_logits_also_quantizes_the_vocabulary_projection(tiny):
 @pytest.mark.parametrize("name", ["qint8-logits", "fast-fp32", "fast-qint8", "fast-qint8-pc", "fast-qint8-dec", "bf16", "torchao-int8wo", "torchao-int4wo", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0"])
 def test_every_method_transcribes_real_speech(name, clips, mirror):
     method = registry.get(name)
-    if method.unavailable():
-        pytest.skip(method.unavailable())
+    if (why := method.unavailable()) and not why.startswith("needs a CPU with"):
+        pytest.skip(why)
+    # a CPU without native bf16 emulates it: such a method is not offered or timed here, but its words are checked
     runner = method.load("tiny.en", 1)
     result = runner.transcribe(inputs.locate(clips["whisper_jfk"]), DecodeOptions(language="en"))
     assert "ask not what your country can do for you" in result.text.lower() and result.tokens > 10
