@@ -111,7 +111,7 @@ def cmd_accuracy(args) -> None:
     by_category = by_category[(by_category.run_id == run_id) & (by_category.status == "ok")]
     if set(by_category.category) - {"clean"}:
         verdict = accuracy.passes(by_category.to_dict("records"))
-        print(f"\nper category: WER %, words per minute of non-speech, words past the reference's end; changes against fp32 "
+        print("\nper category: WER %, words per minute of non-speech, words past the reference's end; changes against fp32 "
               "[95% CI]; `passes`: no measurable loss of words or added words in any category")
         by_category = _percent(by_category.copy(), ("wer", "wer_delta", "wer_ci_low", "wer_ci_high"))
         by_category["passes"] = [verdict.get((m, k)) for m, k in zip(by_category.model, by_category.method)]

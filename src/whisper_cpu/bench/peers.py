@@ -10,7 +10,6 @@ previous text, no VAD, timestamps on; the segment generator is consumed inside t
 import re
 from dataclasses import asdict
 import time
-from pathlib import Path
 
 import numpy as np
 
