@@ -11,6 +11,7 @@ THREADS ?=
 # Method lists default to the registry's own (whisper_cpu/registry.py and bench/peers.py): nothing to keep in step here.
 RUN_FLAGS = --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) $(if $(BEAM),--beam-size $(BEAM)) $(if $(THREADS),--threads $(THREADS))
 
+HARDER_METHODS ?= fast-qint8-pc fast-qint8-pc-batched faster-whisper-int8 faster-whisper-int8-batched
 ALL_METHODS ?=
 ALL_REPEATS ?= 3
 SIZE_MODELS ?=
@@ -21,7 +22,7 @@ OUT ?= transcripts
 ADDRESS ?=
 SECONDS ?= 60
 
-.PHONY: bench bench-all bench-batch bench-sizes bench-serve bench-corpus corpus test-slow test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
+.PHONY: harder bench bench-all bench-batch bench-sizes bench-serve bench-corpus corpus test-slow test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
 bench: venv models audio ## time MODELS x METHODS (default: the original's) on the ~30 s real-speech window
 	$(PY) -m whisper_cpu bench $(RUN_FLAGS) --repeats $(REPEATS)
@@ -50,7 +51,11 @@ accuracy: venv models audio ## short-clip gate: WER of MODELS x METHODS on every
 longform: venv models audio ## long-form gate: the long recordings transcribed whole, WER change vs fp32 with CIs
 	$(PY) -m whisper_cpu longform $(RUN_FLAGS)
 
-report: venv ## figures, README results table and executed notebooks from the committed CSVs (no Jupyter server)
+harder: venv models audio ## both gates on the harder material (per category: noise, telephone, low level, trailing noise, non-speech, the mirror's real hard clips), then the choices of `auto`
+	$(PY) -m whisper_cpu accuracy --harder --models $(MODELS) --methods $(HARDER_METHODS)
+	$(PY) -m whisper_cpu longform --harder --models $(MODELS) --methods $(HARDER_METHODS)
+
+report: venv ## figures, the README headline, docs/ tables and executed notebooks from the committed CSVs (no Jupyter server)
 	$(PY) -m whisper_cpu report
 
 compare: venv ## our speedups beside the published ones

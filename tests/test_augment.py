@@ -32,9 +32,10 @@ def material(small, tmp_path_factory):
     return augment.write(seed=0, manifest=small, per_category=2, folder=tmp_path_factory.mktemp("seed0"))
 
 
-def _rows(path):
+def _rows(path, real=False):
+    """The manifest's derived rows (with `real`, also the mirror's real hard clips listed after them)."""
     with open(path, newline="", encoding="utf-8") as f:
-        return {r["id"]: r for r in csv.DictReader(f)}
+        return {r["id"]: r for r in csv.DictReader(f) if real or not r["file"].startswith(f"{augment.HARD}/")}
 
 
 def test_the_same_seed_writes_the_same_bytes_and_another_seed_others(material, small, tmp_path):
@@ -48,12 +49,15 @@ def test_the_same_seed_writes_the_same_bytes_and_another_seed_others(material, s
 
 
 def test_the_manifest_is_read_with_categories_and_every_clip_is_found(material, small):
-    clips = inputs.read_manifest(material)
+    rows = _rows(material)
+    everything = inputs.read_manifest(material)
+    clips = [c for c in everything if c.id in rows]
     counts = {c: sum(clip.category == c for clip in clips) for c in dict.fromkeys(clip.category for clip in clips)}
     assert counts == {**{c: 2 for c in augment.CATEGORIES}, inputs.NONSPEECH: len(augment.NONSPEECH)}
-    assert len(inputs.available(clips)) == len(clips)  # from the manifest's own folder, sha256 verified
+    real = inputs.read_manifest(inputs.hard_manifest())  # the mirror's real hard clips join, found through the mirror
+    assert [(c.id, c.category, c.reference) for c in everything if c.id not in rows] == [(c.id, c.category, c.reference) for c in real]
+    assert len(inputs.available(everything)) == len(everything)  # from the manifest's own folder or the mirror, sha256 verified
     references = {c.id: c.reference for c in inputs.read_manifest(small)}
-    rows = _rows(material)
     for clip in clips:
         assert clip.reference == references.get(rows[clip.id]["source"], ""), clip.id
         assert (clip.reference == "") == (clip.category == inputs.NONSPEECH) and clip.language == "en"
@@ -178,4 +182,12 @@ def test_audio_harder_prints_the_manifest_and_counts(small, tmp_path, monkeypatc
     monkeypatch.setattr(augment, "write", partial(augment.write, per_category=1, folder=tmp_path))
     assert main(["audio", "harder", "--manifest", str(small)]) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path / "manifest.csv") in out and "telephone: 1 clips" in out and f"nonspeech: {len(augment.NONSPEECH)} clips" in out
+    real = [c.category for c in inputs.read_manifest(inputs.hard_manifest())]  # the mirror's real hard clips join their categories
+    assert str(tmp_path / "manifest.csv") in out and f"telephone: {1 + real.count('telephone')} clips" in out
+    assert f"nonspeech: {len(augment.NONSPEECH) + real.count(inputs.NONSPEECH)} clips" in out and f"accented: {real.count('accented')} clips" in out
+
+
+def test_gate_rows_name_their_material(material):
+    assert inputs.material() == inputs.DEV and inputs.material(material) == inputs.DEV  # a manifest of one's own: as the dev clips
+    assert inputs.material(inputs.hard_manifest()) == inputs.HARD
+    assert inputs.material(workspace.get().cache / inputs.HARDER / "manifest.csv") == inputs.HARDER

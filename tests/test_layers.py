@@ -53,7 +53,7 @@ def test_a_registered_method_flows_through_bench_gates_report_and_transcribe(plu
     assert "throwaway" in set(tables.longform_table(tables.load_longform()).method)
     written = figures.write_figures(timings, tables.load_accuracy(), tables.published(), tmp_path / "figures")
     assert sorted(p.name for p in written) == ["speed_vs_wer.png", "speedup_vs_published.png", "time_split.png"]  # one thread count, no memory rows
-    assert "| tiny.en | throwaway" in publish.readme_table(timings, tables.load_accuracy(), tables.published())
+    assert "| tiny.en | throwaway" in publish.results_markdown(timings, tables.load_accuracy(), tables.published())
 
     publish.write_choices()
     choice = {c["method"]: c for c in transcribe._read_choices(workspace.get().choices)}["throwaway"]

@@ -1,10 +1,13 @@
+import json
+
 import pandas as pd
 import pytest
 import torch
 from matplotlib.pyplot import imread
 
-from whisper_cpu import UserError
+from whisper_cpu import UserError, machine, transcribe
 from whisper_cpu.bench import figures, publish, results, tables
+from whisper_cpu.runner import DecodeOptions
 
 ENV = {"cpu": "Test CPU", "threads": 2, "physical_cores": 2, "isa": "avx2", "torch": "2.13.0", "openai_whisper": "20250625",
        "git_commit": "abc", "timestamp": "2026-11-25T00:00:00+00:00", "system": "whisper_cpu", "device": "cpu",
@@ -77,19 +80,21 @@ def test_speed_accuracy_joins_time_and_wer(csvs):
     assert table.loc[("base", "qint8"), "s_per_30s"] == 2.0 and table.loc[("base", "qint8"), "wer_pct"] == 7.0
 
 
-def test_readme_table_is_replaced_between_markers(csvs, tmp_path):
+def test_a_generated_section_is_replaced_between_its_markers_only(csvs, tmp_path):
     timings, accuracy = csvs
-    markdown = publish.readme_table(timings, accuracy, tables.published())
+    markdown = publish.results_markdown(timings, accuracy, tables.published())
     assert "Test CPU" in markdown and "| base" in markdown and "+1.00 [-1.00, +3.00]" in markdown
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
-    publish.update_readme(readme, markdown)
-    publish.update_readme(readme, markdown)
-    text = readme.read_text()
-    assert text.count("| base") == markdown.count("| base") >= 4 and "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
-    readme.write_text("no markers")
-    with pytest.raises(UserError, match="markers"):
-        publish.update_readme(readme, markdown)
+    page = tmp_path / "results.md"
+    page.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\n<!-- harder:start -->\nkept\n<!-- harder:end -->\n")
+    publish.update_section(page, "results", markdown)
+    publish.update_section(page, "results", markdown)
+    text = page.read_text()
+    assert text.count("| base") == markdown.count("| base") >= 4 and "old" not in text
+    assert text.endswith("<!-- results:end -->\n<!-- harder:start -->\nkept\n<!-- harder:end -->\n")
+    with pytest.raises(UserError, match="headline:start"):
+        publish.update_section(page, "headline", markdown)
+    for section, name in publish.SECTIONS.items():  # the checkout's pages hold the markers the report writes between
+        assert f"<!-- {section}:start -->" in (publish.workspace.get().home / name).read_text()
 
 
 def test_overlapping_points_share_one_label():
@@ -226,3 +231,83 @@ def test_floor_counts_the_peers_windows_our_encoder_and_each_tokens_cross_attent
     seen = floor._batched_rows(pd.concat([timings, long], ignore_index=True), gate, "r2", "base")
     assert seen == {"fw_s": 26.0, "fw_windows": 24, "encoder_s_per_window": 0.5, "tokens": 1000, "threads": 2}
     assert floor._batched_rows(pd.concat([timings, long], ignore_index=True), gate.iloc[:0], "r2", "base") is None  # no gate: no windows
+
+
+DECODING = DecodeOptions().tag
+HERE = {**ENV, "cpu": machine.cpu_name(), "isa": machine.isa(), "decoding": DECODING, "batch_size": 1, "repeat": 0}
+
+
+def category_rows(run, model, method, wer_low, ins_low):
+    """Rows of the harder material as `accuracy.score_categories` writes them: a category with speech and one without."""
+    return [{"run_id": run, **HERE, "material": tables.inputs.HARDER, "model": model, "method": method, "language": "en",
+             "category": category, "n_utterances": 4, "wer": 0.1 if speech else None, "nonspeech_words_per_min": None if speech else 2.0,
+             "tail_insertions": 1, **({} if method == "fp32" else {
+                 **({"wer_delta": wer_low + 0.01, "wer_ci_low": wer_low, "wer_ci_high": wer_low + 0.02} if speech else {}),
+                 "ins_per_min_delta": ins_low + 0.5, "ins_ci_low": ins_low, "ins_ci_high": ins_low + 1.0})}
+            for category, speech in (("noise", True), (tables.inputs.NONSPEECH, False))]
+
+
+def gate_rows(run, rows, **extra):
+    return pd.DataFrame([{"run_id": run, **HERE, "model": "base", "method": k, "wer": 0.1, "wer_delta": lo, "ci_low": lo,
+                          "ci_high": None if lo is None else lo + 0.014, **extra, **more} for k, lo, more in rows])
+
+
+def test_the_headline_is_what_auto_runs_against_fp32_and_the_peers_of_the_same_run(tmp_path):
+    recordings = [name for name, _, _ in tables.inputs.LONGFORM]
+    timings = pd.DataFrame(
+        [{**HERE, "run_id": "w", "model": "base", "method": k, "system": s, "wall_s": w}
+         for k, s, w in (("fp32", "whisper_cpu", 4.0), ("fast-qint8-pc", "whisper_cpu", 2.0), ("faster-whisper-int8", "faster-whisper", 3.0),
+                         ("whisper.cpp-q8_0", "whisper.cpp", 5.0))]
+        + [{**HERE, "run_id": "l", "audio_id": a, "audio_s": 150.0, "model": "base", "method": k, "system": s, "batch_size": b, "wall_s": w}
+           for a in recordings for k, s, b, w in (("fast-qint8-pc-batched", "whisper_cpu", 8, 5.0), ("fast-qint8-pc-batched", "whisper_cpu", 1, 50.0),
+                                                  ("faster-whisper-int8-batched", "faster-whisper", 8, 6.0), ("fast-qint8-pc", "whisper_cpu", 1, 8.0))]
+        + [{**HERE, "cpu": "Other CPU", "run_id": "o", "model": "base", "method": "fast-qint8-pc", "wall_s": 1.0}])
+    measured = [("fp32", None, {}), ("fast-qint8-pc", -0.01, {}), ("fast-qint8-pc-batched", -0.002, {})]
+    short = gate_rows("a", measured, language="en")
+    long = gate_rows("l", [(k, lo, {"wall_s": w}) for (k, lo, _), w in zip(measured, (30.0, 16.0, 10.0))], audio_id="all")
+    categories = pd.DataFrame([r for k in ("fp32", "fast-qint8-pc", "fast-qint8-pc-batched") for r in category_rows("c", "base", k, -0.01, -0.5)])
+    hard = gate_rows("h", measured, audio_id="all")
+    table = tables.auto_table(timings, short, long, DECODING, categories, hard).set_index("CPU")
+    here = table.loc[f"{HERE['cpu']} [{HERE['isa']}], 2 threads"]
+    assert here.to_dict() == {"model": "base", "`auto` runs": "fast-qint8-pc-batched", "s per 30 s": "1.00 (long recordings)",
+                              "vs fp32": "3.00x (gate)",  # fp32 was not timed on the recordings: both from the run's long-form gate
+                              "vs faster-whisper": "1.20x (int8-batched)", "vs whisper.cpp": "",  # the sweep's batch 1 is not auto's
+                              "ΔWER short clips": "-0.20 [-0.20, +1.20]", "ΔWER long recordings": "-0.20 [-0.20, +1.20]",
+                              "harder gates": "passes", "timed in run": "l"}
+    other = table.loc["Other CPU [avx2], 2 threads" if HERE["isa"] == "avx2" else f"Other CPU [{HERE['isa']}], 2 threads"]
+    assert other["`auto` runs"] == "fast-qint8-pc (default: nothing gated here)" and other["s per 30 s"] == "1.00 (30 s window)"
+
+    path = tmp_path / "choices.json"  # what the transcriber itself chooses from the same rows
+    path.write_text(json.dumps({"choices": tables.choices(timings, short, long, DECODING, categories, hard)}))
+    assert transcribe.choose_method("base", 2, path)[0] == "fast-qint8-pc-batched"
+
+    unproven = tables.auto_table(timings, short, long, DECODING).set_index("CPU").loc[here.name]  # no harder gate measured yet
+    path.write_text(json.dumps({"choices": tables.choices(timings, short, long, DECODING)}))
+    assert transcribe.choose_method("base", 2, path)[0] == "fp32"
+    assert unproven.to_dict() == {"model": "base", "`auto` runs": "fp32 (no faster method passes every gate here)", "s per 30 s": "4.00 (30 s window)",
+                                  "vs fp32": "1.00x", "vs faster-whisper": "0.75x (int8)", "vs whisper.cpp": "1.25x (q8_0)",
+                                  "ΔWER short clips": "baseline", "ΔWER long recordings": "baseline", "harder gates": "baseline", "timed in run": "w"}
+
+
+def test_the_harder_gates_say_per_category_where_a_method_loses_or_adds_words(scratch):
+    assert publish.harder_markdown() == ("The harder material (`harder-seed0`): not measured yet (`make harder`).\n\n"
+                                         "Long recordings of real hard speech (`hard`): not measured yet (`make harder`).\n")
+    results.append("categories", category_rows("c1", "base", "fp32", 0, 0) + category_rows("c1", "base", "fast-qint8-pc", -0.01, -0.5)
+                   + category_rows("c1", "base", "fast-qint8", -0.01, 0.5))
+    rows = tables.load_categories()
+    table = tables.categories_table(rows).set_index(["model", "category"])
+    assert list(table.columns) == ["clips", "fp32 WER %", "fp32 words/min on non-speech", "fast-qint8-pc ΔWER", "fast-qint8-pc Δwords/min",
+                                   "fast-qint8 ΔWER", "fast-qint8 Δwords/min"]
+    assert table.loc[("base", "noise")].fillna("").to_dict() == {
+        "clips": 4, "fp32 WER %": 10.0, "fp32 words/min on non-speech": "", "fast-qint8-pc ΔWER": "+0.00 [-1.00, +1.00]",
+        "fast-qint8-pc Δwords/min": "+0.00 [-0.50, +0.50]", "fast-qint8 ΔWER": "+0.00 [-1.00, +1.00]", "fast-qint8 Δwords/min": "+1.00 [+0.50, +1.50]"}
+    assert table.loc[("base", "nonspeech"), "fp32 words/min on non-speech"] == 2.0 and table.loc[("base", "nonspeech"), "fast-qint8 ΔWER"] == ""
+    assert tables.category_verdicts(rows).to_dict("records") == [
+        {"model": "base", "method": "fast-qint8-pc", "verdict": "passes every category"},
+        {"model": "base", "method": "fast-qint8", "verdict": "fails on noise, nonspeech"}]  # more words written past the reference in both
+    results.append("longform", gate_rows("h1", [("fp32", None, {}), ("fast-qint8-pc", -0.01, {})], audio_id="all", material=tables.inputs.HARD,
+                                         audio_s=600.0, wall_s=60.0, fallbacks=0, windows=20, deletions=1, insertions=2, substitutions=3,
+                                         repeated_ngrams=0, system="whisper_cpu").to_dict("records"))
+    markdown = publish.harder_markdown()
+    assert "run `c1` on" in markdown and "| base    | noise" in markdown and "- `base` `fast-qint8`: fails on noise, nonspeech\n" in markdown
+    assert "not measured" not in markdown and "run `h1`" in markdown and "| base    | fast-qint8-pc | whisper_cpu" in markdown

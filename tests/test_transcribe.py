@@ -92,7 +92,9 @@ def test_choices_need_both_gates_and_take_each_methods_freshest_timing():
                            + timing_rows("t0-run", {"qint8": 0.1}, decoding="t0") + timing_rows("x", {"faster-whisper-int8": 0.1}))
     short = pd.DataFrame(score_rows("s1", {"fp32": float("nan"), "fast-qint8": -0.01, "qint8": -0.01}))
     long = pd.DataFrame(score_rows("l1", {"fp32": float("nan"), "fast-qint8": 0.02, "qint8": -0.005}, audio_id="all"))
-    found = {c["method"]: c for c in tables.choices(timings, short, long, DECODING)}
+    harder = pd.DataFrame([{**r, "category": "noise", "wer": 0.2, "wer_ci_low": r["ci_low"], "ins_ci_low": -0.1}
+                           for r in score_rows("h1", {"fast-qint8": -0.01, "qint8": -0.01})])  # both pass the harder gates
+    found = {c["method"]: c for c in tables.choices(timings, short, long, DECODING, harder, long)}
     assert set(found) == {"fp32", "fast-qint8", "qint8"}  # peers are never chosen
     assert found["fast-qint8"]["s_per_30s"] == 1.2 and found["fast-qint8"]["timing_run"] == "new"  # freshest, not fastest
     assert not found["fast-qint8"]["faithful"] and "run l1" in found["fast-qint8"]["why"]  # its long-form CI lies above zero
@@ -101,7 +103,7 @@ def test_choices_need_both_gates_and_take_each_methods_freshest_timing():
     recording = inputs.LONGFORM[0][0]
     batched = pd.DataFrame([{**r, "audio_id": recording, "audio_s": 300.0, "batch_size": b}
                             for b, wall in ((8, 5.0), (2, 1.0)) for r in timing_rows("b", {"fast-qint8": wall})])  # the sweep's 2 is not auto's
-    found = {c["method"]: c for c in tables.choices(pd.concat([timings, batched]), short, long, DECODING)}
+    found = {c["method"]: c for c in tables.choices(pd.concat([timings, batched]), short, long, DECODING, harder, long)}
     assert found["fast-qint8"]["long_s_per_30s"] == 0.5 and found["fast-qint8"]["long_run"] == "b" and found["fast-qint8"]["s_per_30s"] == 1.2
     assert found["qint8"]["long_s_per_30s"] is None
     no_long = {c["method"]: c for c in tables.choices(timings, short, long.iloc[:0], DECODING)}

@@ -2,8 +2,8 @@
 
 openai-whisper's `transcribe` decodes one window at a time, and where the next window starts depends on
 the last timestamp the previous one produced: nothing can run side by side, so a many-core CPU idles in a
-per-token loop of matrix-vector products. Here a voice activity detector (Silero, the ONNX model that
-faster-whisper ships, run by onnxruntime) finds the pauses first; windows of up to 30 s are cut at pauses,
+per-token loop of matrix-vector products. Here a voice activity detector (Silero, the `silero-vad` package's
+model, see `vad`) finds the pauses first; windows of up to 30 s are cut at pauses,
 so no word straddles two windows; every window of every file is then decoded in batches by openai-whisper's
 own `DecodingTask` on the fast decoder, with its temperature fallback applied per window (only the windows
 that failed are decoded again, together), its no-speech skipping, and its segment and word timing rules.
@@ -31,8 +31,8 @@ from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 from tqdm import tqdm
 
-from . import UserError
-from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, read
+from . import UserError, guard, vad
+from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, guarded, read
 
 SECONDS_PER_TOKEN = 0.02
 REST_S = 1.0  # audio left after an unfinished segment that is decoded again when it holds speech
@@ -41,10 +41,12 @@ BATCH = 8  # windows per batch where memory allows: on 2 cores base gains little
 
 def speech_regions(samples: np.ndarray, length: int = N_SAMPLES) -> list[tuple[int, int]]:
     """Silero's speech regions in samples, padded by 0.4 s, split at a pause where one runs longer than a window."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
+    return vad.speech_regions(samples, max_speech_s=length / SAMPLE_RATE)
 
-    options = VadOptions(max_speech_duration_s=length / SAMPLE_RATE, min_silence_duration_ms=160)
-    return [(r["start"], r["end"]) for r in get_speech_timestamps(samples, options)]
+
+def speech_seconds(samples: np.ndarray) -> list[tuple[float, float]]:
+    """`speech_regions` in seconds, as segments time them."""
+    return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in speech_regions(samples)]
 
 
 def speech_windows(regions: list[tuple[int, int]], length: int = N_SAMPLES) -> list[tuple[int, int]]:
@@ -254,7 +256,10 @@ class Batcher:
                                     num_frames=(window.end - window.start) // HOP_LENGTH, last_speech_timestamp=last_speech)
                 last_speech = next((w["end"] for s in reversed(pieces) for w in reversed(s.get("words", []))), last_speech)
             found += pieces
-        return Transcript("".join(s["text"] for s in found).strip(), found, language, fallback_windows(found))
+        if guard.possible(found, file.duration_s):  # speech a window's decode moved past: decoded again, alone
+            found = guarded(self.model, read(file.source), found, [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in file.regions],
+                            options, language)
+        return Transcript(guard.text_of(found), found, language, fallback_windows(found))
 
     def run(self, sources: Iterable[Path | np.ndarray], options: DecodeOptions, progress: bool = False) -> Iterator[tuple[Path | np.ndarray, Transcript | UserError]]:
         """(file, transcript or its error) for every source, in order, as soon as all of its windows are decoded."""

@@ -8,6 +8,7 @@ ever runs our own methods.
 """
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -62,13 +63,15 @@ class Entry:
         return self.system == OURS and self.device == "cpu"
 
 
-def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], fp16: bool = False, **fields) -> Entry:
+def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], fp16: bool = False, guarded: bool = False,
+                 **fields) -> Entry:
+    """`guarded`: speech its seek loop moves past is transcribed again (`guard`)."""
     device = fields.get("device", "cpu")
 
     def load(model: str, threads: int) -> TorchRunner:
         loaded = prepare(models.load_model(model)).to(device)
         weights = [models.checkpoint_path(model)]
-        return pipeline.BatchedRunner(loaded, weights) if BATCHED in fields.get("tags", ()) else TorchRunner(loaded, weights, fp16)
+        return pipeline.BatchedRunner(loaded, weights) if BATCHED in fields.get("tags", ()) else TorchRunner(loaded, weights, fp16, guarded)
 
     return Entry(name, OURS, summary, load, prepare=prepare, **fields)
 
@@ -79,6 +82,10 @@ def _no_cuda() -> str | None:
 
 def _no_bf16() -> str | None:
     return machine.cpu_has("avx512_bf16", "amx_bf16")
+
+
+def _no_torchao() -> str | None:
+    return None if importlib.util.find_spec("torchao") else "it needs the torchao extra: pip install 'whisper-cpu[torchao]'"
 
 
 REGISTRY: dict[str, Entry] = {}
@@ -101,23 +108,24 @@ for _entry in [
     torch_method("bf16", "bfloat16 weights and matrix products for every Linear and the vocabulary projection",
                  lambda model: quantize.with_vocab_projection(model, lambda m: quantize.replace_linears(m, quantize.CastLinear)),
                  unavailable=_no_bf16, arithmetic="bf16"),
-    torch_method("torchao-int8dq", "torchao int8 dynamic activations + int8 per-row weights, eager", quantize.torchao_method("int8dq"), arithmetic="int8"),
+    torch_method("torchao-int8dq", "torchao int8 dynamic activations + int8 per-row weights, eager", quantize.torchao_method("int8dq"),
+                 unavailable=_no_torchao, arithmetic="int8"),
     torch_method("torchao-int8dq-compile", "torchao int8 dynamic activations + int8 weights, encoder and decoder torch.compiled",
-                 quantize.torchao_method("int8dq", compile=True), arithmetic="int8"),
+                 quantize.torchao_method("int8dq", compile=True), unavailable=_no_torchao, arithmetic="int8"),
     torch_method("torchao-int8wo", "torchao int8 weight-only, eager (compile matches only bf16 activations, so it gains nothing)",
-                 quantize.torchao_method("int8wo")),
+                 quantize.torchao_method("int8wo"), unavailable=_no_torchao),
     torch_method("torchao-int4wo", "torchao int4 weight-only, groups of 128, CPU packing, bfloat16 activations",
-                 quantize.torchao_method("int4wo"), unavailable=_no_bf16, arithmetic="bf16"),
+                 quantize.torchao_method("int4wo"), unavailable=lambda: _no_torchao() or _no_bf16(), arithmetic="bf16"),
     torch_method("fast-fp32", "openai-whisper's search on our decoder: static kv-cache, fused q/k/v, audio keys once, batched rules",
-                 decoding.fast, tags=frozenset({LONGFORM})),
+                 decoding.fast, guarded=True, tags=frozenset({LONGFORM})),
     torch_method("fast-qint8", "the fast decoder with dynamic int8 for every matrix product, vocabulary projection included",
-                 lambda model: quantize.quantize_qint8(decoding.fast(model)), arithmetic="int8", tags=frozenset({SCALING, BEAM, LONGFORM})),
+                 lambda model: quantize.quantize_qint8(decoding.fast(model)), arithmetic="int8", guarded=True, tags=frozenset({SCALING, BEAM, LONGFORM})),
     torch_method("fast-qint8-pc", "fast-qint8 with one int8 scale per output row of every weight (per channel, as CTranslate2), not per tensor",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
-                 tags=frozenset({SCALING, BEAM, LONGFORM, SIZES})),
+                 guarded=True, tags=frozenset({SCALING, BEAM, LONGFORM, SIZES})),
     torch_method("fast-qint8-dec", "the fast decoder's products in per-channel dynamic int8, the encoder kept in fp32",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, part="decoder"), arithmetic="int8",
-                 tags=frozenset({LONGFORM})),
+                 guarded=True, tags=frozenset({LONGFORM})),
     torch_method("fast-fp32-batched", "fast-fp32 on the batched pipeline: windows cut at pauses (Silero VAD), decoded in batches, fallback per window",
                  decoding.fast, tags=frozenset({BATCHED, LONGFORM})),
     torch_method("fast-qint8-pc-batched", "fast-qint8-pc on the batched pipeline, each batch row's activations quantized on its own scale",

@@ -17,7 +17,7 @@ import torch
 import whisper
 from whisper.model import Whisper
 
-from . import UserError, audio
+from . import UserError, audio, guard
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 FORCED = 86  # decoder steps of a forced window: what tiny.en and base produce on the benchmark window (results/timings.csv)
@@ -135,15 +135,22 @@ def forced_options(model: Whisper, options: DecodeOptions, steps: int, fp16: boo
 
 class TorchRunner(Runner):
     """openai-whisper's own transcribe and decode on a (possibly transformed) PyTorch model; `fp16`: half-precision
-    activations, as openai-whisper runs on a GPU by default."""
+    activations, as openai-whisper runs on a GPU by default; `guarded`: speech the seek loop moved past is
+    transcribed again (`guard`)."""
 
-    def __init__(self, model: Whisper, weights: list, fp16: bool = False):
-        self.model, self.weights, self.fp16 = model, weights, fp16
+    def __init__(self, model: Whisper, weights: list, fp16: bool = False, guarded: bool = False):
+        self.model, self.weights, self.fp16, self.guarded = model, weights, fp16, guarded
         self.multilingual = model.is_multilingual
 
     def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
-        result = self.model.transcribe(samples_of(source), fp16=self.fp16, verbose=False if progress else None, **options.whisper_kwargs())
-        return Transcript(result["text"].strip(), result["segments"], result["language"], fallback_windows(result["segments"]))
+        samples = samples_of(source)
+        result = self.model.transcribe(samples, fp16=self.fp16, verbose=False if progress else None, **options.whisper_kwargs())
+        found = result["segments"]
+        if self.guarded and options.clip_timestamps == "0" and guard.possible(found, len(samples) / whisper.audio.SAMPLE_RATE):
+            from .pipeline import speech_seconds  # the pipeline imports this module
+
+            found = guarded(self.model, samples, found, speech_seconds(samples), options, result["language"], self.fp16)
+        return Transcript(guard.text_of(found), found, result["language"], fallback_windows(found))
 
     def split_times(self, samples, options: DecodeOptions, forced: int | None = None) -> tuple[float, float, int]:
         model = self.model
@@ -164,6 +171,18 @@ class TorchRunner(Runner):
         if forced and tokens != forced:
             raise RuntimeError(f"forced decoding ran {tokens} steps, not {forced}")
         return encoder_s, time.perf_counter() - start, tokens
+
+
+def guarded(model: Whisper, samples: np.ndarray, found: list[dict], regions: list[tuple[float, float]], options: DecodeOptions,
+            language: str, fp16: bool = False) -> list[dict]:
+    """`guard.repair` of a transcript, each hole transcribed again by openai-whisper's transcribe on that stretch alone,
+    prompted with the text before it where the options condition on previous text."""
+    def again(start: float, end: float, before: str) -> list[dict]:
+        prompt = (options.initial_prompt or "") + before if options.condition_on_previous_text else options.initial_prompt
+        return model.transcribe(samples, fp16=fp16, verbose=None, **{
+            **options.whisper_kwargs(), "clip_timestamps": [start, end], "initial_prompt": prompt or None, "language": language})["segments"]
+
+    return guard.repair(found, regions, again)[0]
 
 
 def _sync(model: Whisper) -> None:

@@ -19,7 +19,7 @@ from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 from .. import UserError, machine, models, registry, workspace
 from ..runner import DecodeOptions, spoken
-from ..transcribe import faithful_everywhere
+from ..transcribe import faithful, faithful_everywhere
 from . import inputs, isolate, results
 
 CHARACTER_LANGUAGES = {"ja", "ko", "zh", "th", "lo", "my", "km"}
@@ -172,14 +172,27 @@ def score_categories(records: list[dict], categories: dict[str, str]) -> list[di
     return rows
 
 
+def _lows(rows: list[dict]) -> dict[tuple[str, str], dict[tuple[str, str], tuple]]:
+    """model x method -> (language, category) -> the CI low ends a verdict reads: the WER change's where there is speech
+    (a WER), the insertions' everywhere."""
+    lows: dict[tuple, dict] = {}
+    for r in rows:
+        wer = r["wer"] is not None and r["wer"] == r["wer"]  # None or NaN (read back from a table): no speech
+        lows.setdefault((r["model"], r["method"]), {})[(r["language"], r["category"])] = (
+            *((r.get("wer_ci_low"),) if wer else ()), r.get("ins_ci_low"))
+    return lows
+
+
 def passes(rows: list[dict]) -> dict[tuple[str, str], bool]:
     """Per model x method of `score_categories`' rows: `faithful_everywhere` over its categories, the WER CI where there
     is speech and the insertion CI everywhere (a missing one fails)."""
-    lows: dict[tuple, dict] = {}
-    for r in rows:
-        lows.setdefault((r["model"], r["method"]), {})[(r["language"], r["category"])] = (
-            *((r.get("wer_ci_low"),) if r["wer"] is not None else ()), r.get("ins_ci_low"))
-    return {key: faithful_everywhere(key[1], by_category) for key, by_category in lows.items()}
+    return {key: faithful_everywhere(key[1], by_category) for key, by_category in _lows(rows).items()}
+
+
+def failing(rows: list[dict]) -> dict[tuple[str, str], list[str]]:
+    """Per model x method: the categories where it measurably loses or adds words, or where a CI is missing."""
+    return {key: [category for (_, category), lows in by_category.items() if not faithful(key[1], *lows)]
+            for key, by_category in _lows(rows).items()}
 
 
 def transcripts_path(run_id: str, decoding: DecodeOptions) -> Path:
@@ -219,10 +232,11 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
             failed[(model_name, method_name)] = why
     bar.close()
     records = results.read_jsonl(transcripts)
-    append_scores("accuracy", run_id, opts.models, opts.methods, opts.decoding, threads, failed, score, records)
+    material = inputs.material(manifest)
+    append_scores("accuracy", run_id, opts.models, opts.methods, opts.decoding, threads, failed, score, records, material)
     categories = {clip.id: clip.category for clip, _ in found}
     append_scores("categories", run_id, opts.models, opts.methods, opts.decoding, threads, failed,
-                  lambda kept: score_categories(kept, categories), records)
+                  lambda kept: score_categories(kept, categories), records, material)
     return run_id
 
 
@@ -230,13 +244,13 @@ IDENTITY = {"accuracy": ("language",), "categories": ("language", "category"), "
 
 
 def append_scores(table: str, run_id: str, model_names, method_names, decoding: DecodeOptions, threads: int, failed: dict, scorer,
-                  records) -> None:
-    """A gate's rows: the scores of every model x method that finished (fp32 always, as the baseline), and a failed row
-    with its reason for each that did not (its partial records are not scored). A resumed run adds only scores its
-    run does not hold yet."""
+                  records, material: str) -> None:
+    """A gate's rows on one `material`: the scores of every model x method that finished (fp32 always, as the baseline),
+    and a failed row with its reason for each that did not (its partial records are not scored). A resumed run adds
+    only scores its run does not hold yet."""
     wanted = {(m, k) for m in model_names for k in ("fp32", *method_names)} - set(failed)
     common = {"run_id": run_id, "timestamp": results.now(), **results.environment(threads), "beam_size": decoding.beam_size or 1,
-              "decoding": decoding.tag}
+              "decoding": decoding.tag, "material": material}
     held = results.read(table)
     held = held[(held.run_id == run_id) & (held.status != results.FAILED)] if len(held) else held
     keys = ["model", "method", "beam_size", "decoding", *IDENTITY[table]]

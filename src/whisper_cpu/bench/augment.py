@@ -37,6 +37,7 @@ TRAILS = {"noise": -50.0, "breath": -45.0}  # what follows the speech, at what l
 TRAIL_S = (2.0, 10.0)
 PEAK = 0.95  # a louder mixture is scaled down whole (speech and noise alike, so the SNR holds) rather than clipped
 PER_CATEGORY = 8
+HARD = "hard"  # the mirror's folder of real hard clips
 LONGEST_S = 20.0  # longer sources are left out: with 10 s of trailing noise a clip still fits one 30 s window
 CATEGORIES = (*(f"noise-{noise}-{snr}db" for noise in NOISES for snr in SNRS), "telephone", "low-level", "trailing-noise")
 COLUMNS = ("id", "file", "sha256", "duration_s", "sample_rate", "channels", "language", "reference", "source_url", "licence",
@@ -217,8 +218,23 @@ def sources(manifest: Path | None = None) -> list[tuple[inputs.Clip, np.ndarray]
     return found
 
 
+def real_hard() -> list[dict]:
+    """The mirror's real hard clips (its hard/manifest.csv: noisy, accented, telephone, spontaneous, non-speech), as rows
+    of this manifest whose files are found through the mirror: the gates score them beside the derived ones."""
+    mirror = workspace.get().mirror
+    path = mirror / HARD / "manifest.csv" if mirror else None
+    if path is None or not path.is_file():
+        return []
+    return [{"id": clip.id, "file": f"{HARD}/{clip.file}", "sha256": clip.sha256, "duration_s": f"{clip.duration_s:.3f}",
+             "sample_rate": "", "channels": "", "language": clip.language if clip.reference else "", "reference": clip.reference,
+             "source_url": clip.source_url, "licence": "see the mirror's hard/manifest.csv", "category": clip.category,
+             "source": f"{HARD}/manifest.csv", "params": ""}
+            for clip in inputs.read_manifest(path)]
+
+
 def write(seed: int = 0, manifest: Path | None = None, per_category: int = PER_CATEGORY, folder: Path | None = None) -> Path:
-    """Every category's clips as 16 kHz mono WAV (each written whole) and their manifest; the manifest's path."""
+    """Every category's clips as 16 kHz mono WAV (each written whole) and their manifest, the mirror's real hard clips
+    listed after them; the manifest's path."""
     folder = Path(folder or workspace.get().cache / f"harder-seed{seed}")
     pool = sources(manifest)
     rows = []
@@ -242,6 +258,7 @@ def write(seed: int = 0, manifest: Path | None = None, per_category: int = PER_C
         samples = make(seconds * SAMPLE_RATE, _rng(seed, name))
         add(f"nonspeech-{name}", inputs.NONSPEECH, samples if level is None else at_level(samples, level), "", "",
             {"kind": name, "seconds": seconds, "dbfs": level})
+    rows += real_hard()
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

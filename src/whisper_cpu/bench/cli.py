@@ -98,7 +98,8 @@ def _percent(table: pd.DataFrame, columns) -> pd.DataFrame:
 
 def cmd_accuracy(args) -> None:
     opts = accuracy.Options(models=tuple(args.models or DEFAULT_MODELS), methods=tuple(args.methods or registry.tagged(registry.BENCH)),
-                            decoding=_decoding(args), threads=args.threads or 0, manifest=args.manifest, audio_dir=args.audio_dir)
+                            decoding=_decoding(args), threads=args.threads or 0, audio_dir=args.audio_dir,
+                            manifest=inputs.harder_manifest() if args.harder else args.manifest)
     _check((*opts.methods, "fp32"), opts.models, args.resume)
     run_id = accuracy.run(opts, run_id=args.resume)
     table = results.read("accuracy")
@@ -122,7 +123,8 @@ def cmd_accuracy(args) -> None:
 
 def cmd_longform(args) -> None:
     opts = longform.Options(models=tuple(args.models or DEFAULT_MODELS), methods=tuple(args.methods or registry.tagged(registry.LONGFORM)),
-                            decoding=_decoding(args), threads=args.threads or 0, manifest=args.manifest)
+                            decoding=_decoding(args), threads=args.threads or 0,
+                            manifest=inputs.hard_manifest() if args.harder else args.manifest)
     _check((*opts.methods, "fp32"), opts.models, args.resume)
     run_id = longform.run(opts, run_id=args.resume)
     print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
@@ -139,8 +141,11 @@ def cmd_report(args) -> None:
     folder = publish.workspace.get().figures
     for path in figures.write_figures(timings, scores, reference, folder, tables.load_memory(), tables.load_longform(), tables.load_forced()):
         print(f"figure: {path}")
-    publish.update_readme(publish.readme(), publish.readme_table(timings, scores, reference, tables.load("peak"), tables.load_longform()))
-    print("README.md: results section regenerated")
+    for section, markdown in (("headline", publish.headline_markdown()),
+                              ("results", publish.results_markdown(timings, scores, reference, tables.load("peak"), tables.load_longform())),
+                              ("harder", publish.harder_markdown())):
+        publish.update_section(publish.page(section), section, markdown)
+        print(f"{publish.SECTIONS[section]}: {section} section regenerated")
     print(f"choices for `transcribe --method auto`: {publish.write_choices()}")
     if not args.no_notebooks:
         for notebook in publish.notebooks():
@@ -249,19 +254,23 @@ def add_commands(sub) -> None:
     w = sub.add_parser("accuracy", help="WER of models x methods on the real-speech clips of a manifest")
     _run_flags(w, registry.BENCH)
     w.add_argument("--manifest", type=Path, default=None, help="any manifest with file, sha256, language, reference")
+    w.add_argument("--harder", action="store_true", help="the harder material instead of the dev clips: noise, telephone band, low "
+                   "level, trailing noise and non-speech derived from them (written first where missing), and the mirror's real hard clips")
     w.add_argument("--audio-dir", type=Path, help="where the manifest's files are (default: the audio mirror)")
     w.set_defaults(func=cmd_accuracy)
 
     g = sub.add_parser("longform", help="the long-form gate: long recordings transcribed end to end, WER change vs fp32 with CIs")
     _run_flags(g, registry.LONGFORM)
     g.add_argument("--manifest", type=Path, default=None, help="recordings joined from this manifest's English clips (default: the dev clips)")
+    g.add_argument("--harder", action="store_true", help="recordings joined from the mirror's real hard clips (noisy, accented, telephone, "
+                   "spontaneous speech and non-speech)")
     g.set_defaults(func=cmd_longform)
 
     c = sub.add_parser("compare", help="our speedups beside the published ones")
     c.add_argument("--run-id", help="default: per model, the freshest run that timed fp32-nn and qint8")
     c.set_defaults(func=cmd_compare)
 
-    r = sub.add_parser("report", help="figures, the README results section, executed notebooks and auto's choices, from the rows")
+    r = sub.add_parser("report", help="figures, the README's headline and docs/' tables, executed notebooks and auto's choices, from the rows")
     r.add_argument("--no-notebooks", action="store_true")
     r.set_defaults(func=cmd_report)
 

@@ -30,6 +30,9 @@ SYNTH_TEXT = (
 )
 # Two long recordings from the same clips, so that one lucky order or pause length cannot decide the gate.
 LONGFORM = (("longform-en-a", False, 1.0), ("longform-en-b", True, 0.5))  # (id, reversed order, pause seconds)
+DEV = "dev"  # the material of the dev manifest (audio/manifest.csv): clean read speech
+HARDER = "harder-seed0"  # the harder material (`whisper-cpu audio harder`): derived from the dev clips, and the mirror's real hard clips
+HARD = "hard"  # the mirror's real hard clips alone (its hard/manifest.csv): the long recordings of hard speech
 NONSPEECH = "nonspeech"  # the category whose clips hold no speech: their reference is empty, every word written an insertion
 
 
@@ -44,6 +47,32 @@ class Clip:
     source_url: str = ""
     category: str = "clean"
     folder: str = ""  # the manifest's own folder, where its files are looked for first (the mirror's hard/, the harder material)
+
+
+def material(manifest: Path | None = None) -> str:
+    """What a gate scored, as its rows record it: HARDER for the harder material (`harder_manifest`), HARD for the
+    mirror's real hard clips alone, DEV for the dev clips and any other manifest (a user's own clips gate as before)."""
+    path = Path(manifest or workspace.get().manifest).resolve()
+    mirror = workspace.get().mirror
+    if mirror is not None and path == (mirror / HARD / "manifest.csv").resolve():
+        return HARD
+    return HARDER if path.parent.name == HARDER and path.name == "manifest.csv" else DEV
+
+
+def hard_manifest() -> Path:
+    """The mirror's manifest of real hard clips."""
+    path = workspace.get().mirror / HARD / "manifest.csv" if workspace.get().mirror else None
+    if path is None or not path.is_file():
+        raise UserError(f"the audio mirror has no {HARD}/manifest.csv (set AUDIO_MIRROR to the folder of the shared clips)")
+    return path
+
+
+def harder_manifest() -> Path:
+    """The harder material's manifest, written first where it is missing (`whisper-cpu audio harder`)."""
+    from . import augment  # it reads manifests through this module
+
+    path = workspace.get().cache / f"{HARDER}" / "manifest.csv"
+    return path if path.is_file() else augment.write()
 
 
 def read_manifest(path: Path | None = None) -> list[Clip]:

@@ -164,5 +164,5 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
     recordings = inputs.longform(opts.manifest)
     failed = transcribe_all(opts, recordings, run_id, threads, log)
     append_scores("longform", run_id, opts.models, opts.methods, opts.decoding, threads, failed,
-                  lambda records: score(records, recordings), results.read_jsonl(transcripts_path(run_id)))
+                  lambda records: score(records, recordings), results.read_jsonl(transcripts_path(run_id)), inputs.material(opts.manifest))
     return run_id

@@ -92,9 +92,9 @@ OLD_DECODING = "t0"  # rows from before the `decoding` column: temperature 0, no
 BACKFILL = {
     "timings": {"decoding": OLD_DECODING, "weights": "real", "batch_size": 1, "isa": "", "status": "ok", "contended": False},
     "memory": {"decoding": "fallback+cond", "weights": "real", "batch_size": 1, "isa": ""},
-    "accuracy": {"decoding": OLD_DECODING, "isa": "", "status": "ok"},
-    "categories": {"status": "ok"},
-    "longform": {"isa": "", "status": "ok"},
+    "accuracy": {"decoding": OLD_DECODING, "isa": "", "status": "ok", "material": "dev"},
+    "categories": {"status": "ok", "material": "dev"},
+    "longform": {"isa": "", "status": "ok", "material": "dev"},
     "peak": {"isa": "", "kernel": lambda rows: rows.arithmetic},  # one kernel per number format before the column
 }
 

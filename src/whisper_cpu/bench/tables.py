@@ -6,6 +6,7 @@ import pandas as pd
 
 from .. import UserError, pipeline, registry, workspace
 from ..transcribe import faithful
+from .accuracy import failing, passes
 from . import inputs, results
 from .results import FAILED
 
@@ -58,20 +59,21 @@ def run_failures(run_id: str | None = None) -> pd.DataFrame:
     return found.reindex(columns=columns).drop_duplicates()
 
 
-def load_accuracy() -> pd.DataFrame:
-    """The newest accuracy row per model x method x language x beam x decoding (empty when nothing was scored)."""
+def load_accuracy(material: str = inputs.DEV) -> pd.DataFrame:
+    """The newest accuracy row on `material` per model x method x language x beam x decoding (empty when nothing was scored)."""
     table = results.read("accuracy")
-    table = table[table.status != FAILED] if len(table) else table
+    table = table[(table.status != FAILED) & (table.material == material)] if len(table) else table
     if table.empty:
         return pd.DataFrame(columns=["model", "method", "language", "beam_size", "decoding", "wer", "wer_delta", "ci_low", "ci_high"])
     return table.drop_duplicates(["model", "method", "language", "beam_size", "decoding"], keep="last")
 
 
-def load_longform() -> pd.DataFrame:
-    """The newest long-form row per machine x model x method x recording x beam x decoding."""
+def load_longform(material: str = inputs.DEV) -> pd.DataFrame:
+    """The newest long-form row on `material` per machine x model x method x recording x beam x decoding."""
     table = results.read("longform")
     if not len(table):
         return table
+    table = table[table.material == material]
     return table.drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last")
 
 
@@ -319,39 +321,107 @@ def _delta_ci(delta, low, high) -> str:
     return f"{100 * delta:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]" if pd.notna(delta) else ""
 
 
+def _change(delta, low, high) -> str:
+    """A change that is not a share (words per minute) with its CI, as `_delta_ci` writes points."""
+    return f"{delta:+.2f} [{low:+.2f}, {high:+.2f}]" if pd.notna(delta) else ""
+
+
+def _mine(rows: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> pd.DataFrame:
+    return rows[(rows.cpu == cpu) & (rows.isa == isa) & (rows.model == model) & (rows.method == method)] if len(rows) else rows
+
+
+def _newest(rows: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> pd.Series | None:
+    """The newest score of a method on this CPU (rows are in run order), or None."""
+    mine = _mine(rows, cpu, isa, model, method)
+    return mine.iloc[-1] if len(mine) else None
+
+
+def _records(rows: pd.DataFrame) -> list[dict]:
+    """Rows as `accuracy.passes` and `failing` read them: a missing value (NaN once read back from a table) is None."""
+    return [{k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in r.items()} for r in rows.to_dict("records")]
+
+
+def _greedy(rows: pd.DataFrame, decoding: str, **match) -> pd.DataFrame:
+    """The greedy rows with the transcriber's decoding (and `match`'s column values): the scores `auto` reads."""
+    if not len(rows):
+        return rows
+    keep = (rows.beam_size == 1) & (rows.decoding == decoding)
+    for column, value in match.items():
+        keep &= rows[column] == value
+    return rows[keep]
+
+
 def _gate(rows: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> tuple[float, str]:
     """(CI low end, description) of the newest score of a method on this CPU, or (nan, 'not measured')."""
-    mine = rows[(rows.cpu == cpu) & (rows.isa == isa) & (rows.model == model) & (rows.method == method)] if len(rows) else rows
-    if not len(mine):
+    last = _newest(rows, cpu, isa, model, method)
+    if last is None:
         return float("nan"), "not measured"
-    last = mine.iloc[-1]
     if method == "fp32":
         return float("nan"), f"the baseline (run {last.run_id})"
     return last.get("ci_low", float("nan")), f"ΔWER {_delta_ci(last.get('wer_delta'), last.get('ci_low'), last.get('ci_high'))} points (run {last.run_id})"
 
 
-def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFrame, decoding: str) -> list[dict]:
+def load_categories(material: str = inputs.HARDER) -> pd.DataFrame:
+    """The per-category rows of the newest run on `material` per machine x model x method (a verdict needs all of a run's
+    categories together)."""
+    table = results.read("categories")
+    if not len(table):
+        return table
+    table = table[(table.material == material) & (table.status != FAILED)]
+    newest = table.groupby(["cpu", "isa", "model", "method", "beam_size", "decoding"]).run_id.transform("last")
+    return table[table.run_id == newest]
+
+
+def _harder(categories: pd.DataFrame, hard_long: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> tuple[bool, str]:
+    """(passes, description) of the harder gates on this CPU: every category of the harder material (the WER change and
+    the words written past the reference or on non-speech, against fp32) and the long recordings of real hard speech."""
+    mine = _mine(categories, cpu, isa, model, method)
+    if method == "fp32":
+        return True, "the baseline"
+    if not len(mine):
+        return False, "harder material: not measured"
+    rows = _records(mine)
+    failed = failing(rows).get((model, method), [])
+    verdict = passes(rows).get((model, method), False)
+    short = (f"harder material ({len(mine)} categories, run {mine.run_id.iloc[-1]}): "
+             + ("passes every category" if verdict else f"fails on {', '.join(failed)}"))
+    low, long_why = _gate(hard_long, cpu, isa, model, method)
+    return verdict and faithful(method, low), f"{short}; long recordings of hard speech: {long_why}"
+
+
+def choices(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFrame, decoding: str,
+            categories: pd.DataFrame | None = None, hard_long: pd.DataFrame | None = None) -> list[dict]:
     """What `--method auto` chooses from: per CPU (model name and instruction sets: int8 kernels differ between
     AVX2 and AVX-512 VNNI, and virtual machines often show only "AMD EPYC"), Whisper model, thread count and
     method, the freshest greedy timings with the transcriber's decoding, on one window and on the long
-    recordings timed whole (what users transcribe most), and both accuracy gates (short clips, long
-    recordings pooled) from the newest scoring on the same CPU."""
-    rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding)]
-    rows = rows.assign(long=rows.audio_id.isin([name for name, _, _ in inputs.LONGFORM]))
-    rows = rows[~rows.long | rows.batch_size.isin([1, pipeline.BATCH])]
-    short = accuracy[(accuracy.language == "en") & (accuracy.beam_size == 1) & (accuracy.decoding == decoding)] if len(accuracy) else accuracy
-    long = longform[(longform.audio_id == "all") & (longform.beam_size == 1) & (longform.decoding == decoding)] if len(longform) else longform
+    recordings timed whole (what users transcribe most), both accuracy gates on the dev clips (short clips, long
+    recordings pooled) and both on the harder material (every category; long recordings of real hard speech),
+    each from the newest scoring on the same CPU. A method is faithful only where all four say so."""
+    categories = categories if categories is not None else pd.DataFrame()
+    hard_long = _greedy(hard_long if hard_long is not None else pd.DataFrame(), decoding, audio_id="all")
+    rows = _timed(timings, decoding)
+    short, long = _greedy(accuracy, decoding, language="en"), _greedy(longform, decoding, audio_id="all")
     found = []
     for (cpu, isa, model, threads, method), group in rows.groupby(["cpu", "isa", "model", "threads", "method"], sort=False):
         if method not in registry.REGISTRY or not registry.REGISTRY[method].ours:
             continue
         short_low, short_why = _gate(short, cpu, isa, model, method)
         long_low, long_why = _gate(long, cpu, isa, model, method)
+        hard, hard_why = _harder(categories[categories.decoding == decoding] if len(categories) else categories, hard_long, cpu, isa, model, method)
         found.append({"cpu": cpu, "isa": isa, "model": model, "threads": int(threads), "method": method,
                       **_speed(group[~group.long], "s_per_30s", "timing_run"), **_speed(group[group.long], "long_s_per_30s", "long_run"),
-                      "faithful": faithful(method, short_low, long_low), "gated": bool(pd.notna(short_low) and pd.notna(long_low)),
-                      "why": f"short clips: {short_why}; long recordings: {long_why}"})
+                      "faithful": faithful(method, short_low, long_low) and hard, "gated": bool(pd.notna(short_low) and pd.notna(long_low)),
+                      "harder": hard, "why": f"short clips: {short_why}; long recordings: {long_why}; {hard_why}"})
     return found
+
+
+def _timed(timings: pd.DataFrame, decoding: str) -> pd.DataFrame:
+    """The greedy CPU timings with the transcriber's decoding, `long` where they are of the long recordings, and those at the
+    batch size a transcribe runs (`pipeline.BATCH` for a batched method, 1 for the others), not a sweep's other sizes."""
+    rows = timings[(timings.device == "cpu") & (timings.beam_size == 1) & (timings.decoding == decoding)]
+    rows = rows.assign(long=rows.audio_id.isin([name for name, _, _ in inputs.LONGFORM]))
+    size = rows.batch_size.where(rows.long & rows.batch_size.isin([1, pipeline.BATCH]))
+    return rows[~rows.long | (size == size.groupby(rows.method.to_numpy()).transform("max"))]
 
 
 def _speed(rows: pd.DataFrame, name: str, run: str) -> dict:
@@ -361,6 +431,110 @@ def _speed(rows: pd.DataFrame, name: str, run: str) -> dict:
     newest = rows[rows.run_id == rows.run_id.iloc[-1]]
     medians = newest.groupby("audio_id").agg(wall_s=("wall_s", "median"), audio_s=("audio_s", "first"))
     return {name: round(float(30 * medians.wall_s.sum() / medians.audio_s.sum()), 3), run: newest.run_id.iloc[0]}
+
+
+def _auto(group: list[dict]) -> tuple[dict, bool]:
+    """(choice, documented default?) as `transcribe.choose_method` makes it from one CPU's, model's and thread count's
+    choices (its rule, repeated here because the report describes every CPU measured, not the one it runs on)."""
+    if not any(c["gated"] for c in group):
+        return next((c for c in group if c["method"] == registry.DEFAULT), {"method": registry.DEFAULT}), True
+    faithful_ = [c for c in group if c["faithful"]]
+    timed_long = [c for c in faithful_ if c.get("long_s_per_30s") is not None]
+    speed = "long_s_per_30s" if timed_long else "s_per_30s"
+    return min(timed_long or faithful_, key=lambda c: c[speed]), False
+
+
+def _times(theirs, ours) -> str:
+    return f"{theirs / ours:.2f}x" if theirs is not None and ours is not None and pd.notna(theirs) and pd.notna(ours) else ""
+
+
+def _harder_verdict(categories: pd.DataFrame, hard_long: pd.DataFrame, cpu: str, isa: str, model: str, method: str) -> str:
+    """The harder gates in a few words: passes, where it fails, or what is not measured yet (`_harder` decides; this says)."""
+    if method == "fp32":
+        return "baseline"
+    mine, long = _mine(categories, cpu, isa, model, method), _newest(hard_long, cpu, isa, model, method)
+    failed = failing(_records(mine)).get((model, method), []) if len(mine) else []
+    failed += ["hard recordings"] if long is not None and not faithful(method, long.get("ci_low")) else []
+    missing = [what for what, seen in (("categories", len(mine)), ("hard recordings", long is not None)) if not seen]
+    return f"fails on {', '.join(failed)}" if failed else f"not measured ({', '.join(missing)})" if missing else "passes"
+
+
+def auto_table(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFrame, decoding: str,
+               categories: pd.DataFrame | None = None, hard_long: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The README's headline, from the rows `choices` reads: per CPU and model measured, the method `--method auto` takes
+    there on the most threads measured (all its cores, as a laptop runs it), its seconds per 30 s of audio (on the long
+    recordings where it was timed on them, else on the window), that time against fp32 and against the fastest
+    faster-whisper and whisper.cpp configuration timed in the same run on the same audio (fp32 from the wall times of the
+    same run's long-form gate where the run timed none), and its WER change against fp32 in each gate."""
+    categories = _greedy(categories if categories is not None else pd.DataFrame(), decoding)
+    hard_long = _greedy(hard_long if hard_long is not None else pd.DataFrame(), decoding, audio_id="all")
+    short, long_gate = _greedy(accuracy, decoding, language="en"), _greedy(longform, decoding, audio_id="all")
+    timed = _timed(timings, decoding)
+    groups: dict[tuple, list[dict]] = {}
+    for c in choices(timings, accuracy, longform, decoding, categories, hard_long):
+        groups.setdefault((c["cpu"], c["isa"], c["model"]), []).append(c)
+    table = []
+    for (cpu, isa, model), group in groups.items():
+        threads = max(c["threads"] for c in group)
+        pick, default = _auto([c for c in group if c["threads"] == threads])
+        method, long = pick["method"], pick.get("long_s_per_30s") is not None
+        seconds, run = (pick.get("long_s_per_30s"), pick.get("long_run")) if long else (pick.get("s_per_30s"), pick.get("timing_run"))
+        same = timed[(timed.run_id == run) & (timed.cpu == cpu) & (timed.isa == isa) & (timed.model == model) & (timed.threads == threads)
+                     & (timed.long == long)]
+        speeds = {m: (rows.system.iloc[0], _speed(rows, "s", "run")["s"]) for m, rows in same.groupby("method", sort=False)}
+        vs_fp32 = _times(speeds["fp32"][1], seconds) if "fp32" in speeds else ""
+        if long and not vs_fp32 and len(long_gate):
+            walls = [_mine(long_gate[long_gate.run_id == run], cpu, isa, model, m).wall_s.sum() for m in ("fp32", method)]
+            vs_fp32 = f"{_times(*walls)} (gate)" if all(walls) else ""
+        row = {"CPU": f"{cpu} [{isa}], {threads} threads", "model": model,
+               "`auto` runs": (f"{method} (default: nothing gated here)" if default
+                               else f"{method} (no faster method passes every gate here)" if method == "fp32" else method),
+               "s per 30 s": f"{seconds:.2f} ({'long recordings' if long else '30 s window'})" if seconds is not None else "not timed here",
+               "vs fp32": vs_fp32}
+        for system in ("faster-whisper", "whisper.cpp"):
+            peer = {m: s for m, (name, s) in speeds.items() if name == system}
+            best = min(peer, key=peer.get) if peer else None
+            row[f"vs {system}"] = f"{_times(peer[best], seconds)} ({best.removeprefix(system + '-')})" if best and seconds is not None else ""
+        for gate, rows in (("ΔWER short clips", short), ("ΔWER long recordings", long_gate)):
+            score = _newest(rows, cpu, isa, model, method)
+            row[gate] = ("baseline" if method == "fp32" else "not measured" if score is None
+                         else _delta_ci(score.get("wer_delta"), score.get("ci_low"), score.get("ci_high")))
+        row["harder gates"] = _harder_verdict(categories, hard_long, cpu, isa, model, method)
+        row["timed in run"] = run or ""
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def categories_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The harder material, one row per category and model (one machine's rows): fp32's WER and the words it wrote per
+    minute of non-speech, then per method its WER change (points) and its change in words written past the reference's
+    end (on non-speech: every word) per minute of audio, against fp32 with their 95% CIs; blank where a category has no
+    speech or a method no score."""
+    if not len(rows):
+        return pd.DataFrame()
+    rows = rows.reindex(columns=["model", "method", "category", "language", "n_utterances", "wer", "nonspeech_words_per_min", "wer_delta",
+                                 "wer_ci_low", "wer_ci_high", "ins_per_min_delta", "ins_ci_low", "ins_ci_high"])
+    rows["category"] = [c if language == "en" else f"{c} ({language})" for c, language in zip(rows.category, rows.language)]
+    table = rows.groupby(["model", "category"], sort=False).n_utterances.first().rename("clips").reset_index()
+    index = pd.MultiIndex.from_frame(table[["model", "category"]])
+    fp32 = rows[rows.method == "fp32"].set_index(["model", "category"]).reindex(index)
+    table["fp32 WER %"] = (100 * fp32.wer).round(2).to_numpy()
+    table["fp32 words/min on non-speech"] = fp32.nonspeech_words_per_min.to_numpy()
+    for method, mine in rows[rows.method != "fp32"].groupby("method", sort=False):
+        mine = mine.set_index(["model", "category"]).reindex(index)
+        table[f"{method} ΔWER"] = [_delta_ci(d, lo, hi) for d, lo, hi in zip(mine.wer_delta, mine.wer_ci_low, mine.wer_ci_high)]
+        table[f"{method} Δwords/min"] = [_change(d, lo, hi) for d, lo, hi in zip(mine.ins_per_min_delta, mine.ins_ci_low, mine.ins_ci_high)]
+    return table
+
+
+def category_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per model x method of one machine's harder material: passes every category, or where it measurably loses or adds
+    words (a missing CI fails), by `accuracy.passes` and `failing`, the rule `auto` applies."""
+    records = _records(rows)
+    failed = failing(records)
+    return pd.DataFrame([{"model": model, "method": method,
+                          "verdict": "passes every category" if ok else f"fails on {', '.join(failed[(model, method)])}"}
+                         for (model, method), ok in passes(records).items() if method != "fp32"])
 
 
 def kernels_table(kernels: pd.DataFrame, run_id: str | None = None) -> pd.DataFrame:

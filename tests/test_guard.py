@@ -1,0 +1,72 @@
+"""The guard: speech that a transcript moved past is found from the detector's regions and decoded again."""
+
+from whisper_cpu import guard
+
+
+def seg(start, end, text):
+    return {"start": start, "end": end, "text": text}
+
+
+SPEECH = [(0.0, 10.0), (11.0, 30.0), (31.0, 40.0)]
+
+
+def test_a_segment_far_sparser_than_speech_and_a_loop_are_suspect():
+    segments = [seg(0, 10, " " + "word " * 20), seg(11, 30, " It will end"), seg(31, 32, " Four."), seg(32, 33, " four."),
+                seg(33, 34, " Four."), seg(34, 40, " and the rest of the sentence is said here")]
+    assert guard.suspect(segments, SPEECH) == [False, True, True, True, True, False]
+    # short of MIN_SPEECH_S of speech, a sparse segment is only loose timing; two repeats are not a loop
+    assert guard.suspect([seg(10.0, 12.5, " Yes."), seg(31, 32, " no"), seg(32, 33, " no")], SPEECH) == [False, False, False]
+
+
+def test_holes_are_speech_under_no_trusted_segment_joined_where_nothing_trusted_lies_between():
+    segments = [seg(0, 10, " " + "word " * 20), seg(11, 30, " It will end"), seg(31, 40, " " + "word " * 20)]
+    assert guard.holes(segments, SPEECH) == [(11.0, 30.0)]
+    # the seek loop jumped: speech from 11 s to 30 s under no segment at all, and what is left of the last region
+    assert guard.holes([seg(0, 10, " " + "word " * 20)], SPEECH) == [(11.0, 40.0)]
+    assert guard.holes([seg(0, 10, " " + "word " * 20), seg(12, 30, " " + "word " * 40)], SPEECH) == [(31.0, 40.0)]  # 1 s left at 11 s: loose timing
+    assert not guard.possible([seg(0, 10, " " + "word " * 20), seg(11, 40, " " + "word " * 60)], 41.0)
+    assert guard.possible([seg(0, 10, " " + "word " * 20)], 41.0)
+
+
+def test_repair_takes_a_trusted_decode_that_says_more_and_keeps_the_transcript_otherwise():
+    segments = [seg(0, 10, " " + "word " * 20), seg(11, 30, " It will end"), seg(31, 40, " " + "tail " * 20)]
+    asked = []
+
+    def again(start, end, before):
+        asked.append((start, end, before))
+        return [seg(11, 20, " the first sentence said again in full"), seg(20, 30, " and the second one, also in full")]
+
+    repaired, n = guard.repair(segments, SPEECH, again)
+    assert n == 1 and asked == [(11.0, 30.0, " " + "word " * 20)]
+    assert [s["text"] for s in repaired] == [segments[0]["text"], " the first sentence said again in full",
+                                             " and the second one, also in full", segments[2]["text"]]
+    assert [s["id"] for s in repaired] == [0, 1, 2, 3]
+    # a decode that says less, or loops itself, changes nothing
+    for decode in ([seg(11, 30, " end")], [seg(11 + i, 12 + i, " Four.") for i in range(5)]):
+        kept, n = guard.repair(segments, SPEECH, lambda *_: decode)
+        assert n == 0 and [s["text"] for s in kept] == [s["text"] for s in segments]
+
+
+def test_a_hole_is_transcribed_again_by_openai_whispers_transcribe_on_that_stretch_prompted_with_the_text_before():
+    import numpy as np
+
+    from whisper_cpu.runner import DecodeOptions, guarded
+
+    class Model:  # openai-whisper's transcribe, as far as the guard calls it
+        def __init__(self):
+            self.calls = []
+
+        def transcribe(self, samples, **kwargs):
+            self.calls.append(kwargs)
+            start, end = kwargs["clip_timestamps"]
+            return {"segments": [seg(start, end, " " + "said " * int(2 * (end - start)))]}
+
+    found = [seg(0, 10, " " + "word " * 20), seg(11, 30, " It will end"), seg(31, 40, " " + "tail " * 20)]
+    model = Model()
+    repaired = guarded(model, np.zeros(16000 * 41, np.float32), found, SPEECH, DecodeOptions(initial_prompt="Names:"), "en")
+    (call,) = model.calls
+    assert call["clip_timestamps"] == [11.0, 30.0] and call["language"] == "en" and call["verbose"] is None
+    assert call["initial_prompt"] == "Names: " + "word " * 20 and call["temperature"] == DecodeOptions().temperature
+    assert [s["text"].split()[0] for s in repaired] == ["word", "said", "tail"]
+    guarded(model, np.zeros(16000 * 41, np.float32), found, SPEECH, DecodeOptions(condition_on_previous_text=False), "en")
+    assert model.calls[-1]["initial_prompt"] is None
