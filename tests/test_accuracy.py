@@ -76,3 +76,13 @@ def test_timings_show_wer_beside_speed(two_clip_run):
     table = tables.with_wer(tables.summary(timings), tables.load_accuracy()).set_index("method")
     assert table.loc["fp32", "wer_pct"] > 0 and table.loc["fp32", "wer_delta_ci"] == ""
     assert table.loc["qint8", "wer_delta_ci"].count("[") == 1
+
+
+def test_a_clip_the_transcriber_refuses_is_scored_as_no_words(tmp_path):
+    from whisper_cpu import UserError
+
+    class Refuses:
+        def transcribe(self, path, options):
+            raise UserError("no signal (silence)")
+
+    assert accuracy._transcribe(Refuses(), tmp_path / "silence.wav", accuracy.DecodeOptions()) == (None, "no signal (silence)")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
 from .. import UserError, machine, models, registry, workspace
-from ..runner import DecodeOptions, spoken
+from ..runner import DecodeOptions, Transcript, spoken
 from ..transcribe import faithful, faithful_everywhere
 from . import inputs, isolate, results
 
@@ -79,17 +79,26 @@ def transcribe_config(spec: dict) -> None:
         return replace(opts.decoding, language=spoken(runner, clip.language))
 
     shortest = min(clips, key=lambda item: item[0].duration_s)
-    runner.transcribe(shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
+    _transcribe(runner, shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
     for clip, path in clips:
         start = time.perf_counter()
-        transcript = runner.transcribe(path, decoding(clip))
+        transcript, refused = _transcribe(runner, path, decoding(clip))
         results.append_jsonl(spec["transcripts"], [{
             "run_id": spec["run_id"], "model": spec["model"], "method": spec["method"], "audio_id": clip.id,
             "language": clip.language, "duration_s": clip.duration_s, "seconds": round(time.perf_counter() - start, 4),
-            "decoding": opts.decoding.tag, "fallbacks": transcript.fallbacks,
-            "reference": clip.reference, "hypothesis": transcript.text,
+            "decoding": opts.decoding.tag, "fallbacks": transcript.fallbacks if transcript else None,
+            "reference": clip.reference, "hypothesis": transcript.text if transcript else "", **({"refused": refused} if refused else {}),
         }])
         isolate.report(1)
+
+
+def _transcribe(runner, path: Path, options: DecodeOptions) -> tuple[Transcript | None, str | None]:
+    """(transcript, None), or (None, the one-line refusal users get instead): the batched runner refuses a file of
+    digital silence, as `whisper-cpu transcribe` does every method. No words, scored as such."""
+    try:
+        return runner.transcribe(path, options), None
+    except UserError as error:
+        return None, str(error)
 
 
 def score(records: list[dict]) -> list[dict]:
