@@ -13,7 +13,7 @@ import torch
 from whisper_cpu import machine, models, pipeline, transcribe, workspace
 from whisper_cpu.cli import main
 from whisper_cpu.runner import DecodeOptions
-from whisper_cpu.bench import harness, inputs, results, scaleout
+from whisper_cpu.bench import harness, inputs, publish, results, scaleout
 
 
 def cli(*args, cwd=None):
@@ -164,7 +164,7 @@ def test_models_lists_the_official_names_and_what_loads_here(monkeypatch, tmp_pa
     assert main(["models", "nope"]) == 2 and capsys.readouterr().err.startswith("whisper-cpu: error: unknown model 'nope': use one of tiny.en, ")
 
 
-def test_report_writes_the_figures_readme_section_and_choices_from_the_rows(scratch, tmp_path, monkeypatch, capsys):
+def test_report_writes_the_figures_the_generated_sections_and_choices_from_the_rows(scratch, tmp_path, monkeypatch, capsys):
     env = {"run_id": "r1", "cpu": "Test CPU", "threads": 2, "physical_cores": 2, "isa": "avx2", "torch": "2.13.0", "openai_whisper": "20250625",
            "git_commit": "abc", "timestamp": "2026-11-25T00:00:00+00:00", "system": "whisper_cpu", "device": "cpu", "beam_size": 1,
            "decoding": "fallback+cond", "audio_id": "w", "audio_s": 30.0, "load_s": 1.0, "window_tokens": 100, "contended": False, "repeat": 0}
@@ -176,15 +176,19 @@ def test_report_writes_the_figures_readme_section_and_choices_from_the_rows(scra
     pd.DataFrame([{**env, "run_id": "a1", "model": "tiny.en", "method": k, "language": "en", "wer": w,
                    **({"wer_delta": w - 0.1, "ci_low": -0.01, "ci_high": 0.05} if k != "fp32" else {})}
                   for k, w in (("fp32", 0.1), ("fp32-nn", 0.1), ("qint8", 0.12))]).to_csv(scratch / "accuracy.csv", index=False)
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    (tmp_path / "docs").mkdir()
+    for section, name in publish.SECTIONS.items():
+        (tmp_path / name).write_text(f"# x\n<!-- {section}:start -->\nold\n<!-- {section}:end -->\nafter\n")
     assert main(["--workspace", str(tmp_path), "report", "--no-notebooks"]) == 0
     figures = scratch / "figures"
     assert capsys.readouterr().out == "".join(f"figure: {figures / name}.png\n" for name in ("speedup_vs_published", "time_split", "speed_vs_wer")) + (
-        f"README.md: results section regenerated\nchoices for `transcribe --method auto`: {scratch / 'choices.json'}\n")
-    text = readme.read_text()
+        "README.md: headline section regenerated\ndocs/results.md: results section regenerated\ndocs/accuracy.md: harder section regenerated\n"
+        f"choices for `transcribe --method auto`: {scratch / 'choices.json'}\n")
+    text = (tmp_path / "docs" / "results.md").read_text()
     assert text.startswith("# x\n<!-- results:start -->\nRun `r1` on Test CPU, 2 threads on 2 cores [avx2]") and text.endswith("<!-- results:end -->\nafter\n")
     assert "| tiny.en | qint8    |          1 |                 2 |                    2 |            30 |" in text and "old" not in text
+    assert "| Test CPU [avx2], 2 threads | tiny.en | fast-qint8-pc (default: nothing gated here) | not timed here" in (tmp_path / "README.md").read_text()
+    assert "not measured yet" in (tmp_path / "docs" / "accuracy.md").read_text()
     choices = json.loads((scratch / "choices.json").read_text())["choices"]
     assert [(c["method"], c["s_per_30s"], c["faithful"]) for c in choices] == [("fp32", 2.0, True), ("fp32-nn", 2.0, False), ("qint8", 1.0, False)]
 
@@ -221,3 +225,34 @@ def test_scaleout_times_each_layout_on_the_same_clips_into_corpus_csv(scratch, m
     assert [line.split(" s of audio")[0] for line in said[:3]] == ["local x1 (1 thread each): 1/1 files, 3",
                                                                   f"local x1 ({cores} thread{'s' if cores > 1 else ''} each): 1/1 files, 3",
                                                                   f"run {rows.run_id[0]}: 1 English clips per layout; rows added to results/corpus.csv"]
+
+
+def test_a_command_without_its_extra_says_in_one_line_which_to_install(monkeypatch, capsys):
+    from whisper_cpu import cli as command_line
+
+    monkeypatch.setattr(command_line, "_bench", lambda: None)  # as where the bench extra is not installed
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # an import of either fails
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    for argv, extra in ((["bench", "--models", "tiny.en", "-h"], "bench"), (["serve", "--port", "0"], "serve"),
+                        (["corpus", "in", "--output-dir", "out", "--engine", "ray"], "corpus")):
+        assert main(argv) == 2
+        command = "corpus --engine ray" if extra == "corpus" else argv[0]
+        assert capsys.readouterr().err == f"whisper-cpu: error: {command} needs the {extra} extra: pip install 'whisper-cpu[{extra}]'\n"
+
+
+def test_the_commands_said_to_need_the_bench_extra_are_the_benchmarks():
+    import argparse
+
+    from whisper_cpu.bench import cli as bench_cli
+    from whisper_cpu.cli import BENCH_COMMANDS
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    bench_cli.add_commands(sub)
+    assert set(sub.choices) == set(BENCH_COMMANDS)
+
+
+def test_the_library_commands_import_no_package_of_an_extra(tmp_path):
+    code = ("import sys; from whisper_cpu.cli import main; main(['transcribe', 'missing.wav', '--model', 'tiny.en', '--method', 'fp32']); "
+            "print(sorted({'pandas', 'jiwer', 'matplotlib', 'fastapi', 'uvicorn', 'ray', 'faster_whisper', 'ctranslate2'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout == "[]\n" and done.stderr == "whisper-cpu: error: missing.wav: no such file\n"

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from whisper_cpu import audio, pipeline, vad
@@ -10,6 +11,7 @@ from whisper_cpu.bench import inputs
 RATE = audio.SAMPLE_RATE
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the package's loader's
 def test_probabilities_are_the_packages_own_frame_by_frame(clips, mirror):
     samples = audio.load(inputs.locate(clips["whisper_jfk"]))[: 5 * RATE + 100]  # a partial last frame too
     alone = vad._silero().load_silero_vad().audio_forward(torch.from_numpy(samples), RATE).reshape(-1).numpy()

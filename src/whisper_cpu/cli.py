@@ -1,10 +1,12 @@
 """Command line: `python -m whisper_cpu` / `whisper-cpu`. Problems a user can fix end in one line and exit 2.
 
-This module composes the two layers: the library's commands (transcribe, models) and the benchmark's
-(`whisper_cpu.bench.cli`), which it is the only library-side module to import.
+This module composes the two layers: the library's commands (transcribe, corpus, serve, models) and the benchmark's
+(`whisper_cpu.bench.cli`), which it is the only library-side module to import. A command whose optional dependencies
+(an extra: serve, corpus's Ray engine, bench) are not installed says in one line which extra to install.
 """
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -12,8 +14,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import UserError, models, transcribe, workspace
+from . import UserError, api, models, transcribe, workspace
 from .runner import DecodeOptions
+
+
+LIBRARY_COMMANDS = ("transcribe", "corpus", "serve", "models")
+BENCH_COMMANDS = ("bench", "accuracy", "longform", "compare", "report", "peak", "floor", "audio", "loadtest", "scaleout")  # bench/cli.py's
+
+
+def needs(extra: str, command: str, *modules: str) -> None:
+    """The optional modules a command runs on, imported, or one line naming the extra that installs them."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(f"{command} needs the {extra} extra: pip install 'whisper-cpu[{extra}]'") from None
+
+
+def _bench():
+    """The benchmark's command-line module, or None where the bench extra is not installed."""
+    try:
+        from .bench import cli
+    except ModuleNotFoundError as error:
+        if (error.name or "").startswith("whisper_cpu"):
+            raise
+        return None
+    return cli
+
+
+def _without_bench(args) -> None:
+    raise UserError(f"{args.command} needs the bench extra: pip install 'whisper-cpu[bench]'")
+
+
+def _library_command(argv: list[str]) -> bool:
+    """Whether ARGV runs one of the library's commands, told before the parser is built: the benchmark's commands, and
+    their imports (pandas, jiwer), are then left out of it. Anything unclear counts as the benchmark's."""
+    words = iter(argv)
+    for word in words:
+        if word == "--workspace":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word in LIBRARY_COMMANDS
+    return False
 
 
 def threads(value: str) -> int:
@@ -47,15 +89,8 @@ def _temperatures(args) -> tuple[float, ...]:
 
 
 def decoding_options(args) -> DecodeOptions:
-    return DecodeOptions(
-        language=args.language, task=args.task, beam_size=args.beam_size, best_of=args.best_of, temperature=_temperatures(args),
-        condition_on_previous_text=args.condition_on_previous_text, compression_ratio_threshold=args.compression_ratio_threshold,
-        logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold, initial_prompt=args.initial_prompt,
-        word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
-        hallucination_silence_threshold=args.hallucination_silence_threshold, patience=args.patience, length_penalty=args.length_penalty,
-        suppress_tokens=args.suppress_tokens, carry_initial_prompt=args.carry_initial_prompt,
-        prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
-    )
+    """The options by openai-whisper's names, as the Python interface takes them."""
+    return api.decode_options(**{name: getattr(args, name) for name in api.OPTIONS if name != "temperature"}, temperature=_temperatures(args))
 
 
 def on_the_cpu(args) -> None:
@@ -84,6 +119,8 @@ def cmd_transcribe(args) -> int:
 def cmd_corpus(args) -> int:
     from . import corpus
 
+    if args.engine == "ray":
+        needs("corpus", "corpus --engine ray", "ray.data", "pyarrow")
     opts = corpus.Options(model=args.model, method=args.method, output_format=args.output_format, engine=args.engine, address=args.address,
                           actors=args.actors or 0, threads=args.threads or 0, batch_size=args.batch_size or 0,
                           decoding=DecodeOptions(language=args.language))
@@ -96,14 +133,17 @@ def cmd_corpus(args) -> int:
 def cmd_serve(args) -> None:
     from . import serve
 
+    needs("serve", "serve", "fastapi", "uvicorn", "python_multipart")
     sock = serve.bind(args.host, args.port)
-    opts = transcribe.Options(model=args.model, method=args.method, threads=args.threads or 0, batch_size=args.batch_size or 0)
-    runner, entry = transcribe.load(opts, log=lambda line: print(line, file=sys.stderr))
-    settings = serve.Settings(model=args.model, method=entry.name, api_key=args.api_key or os.environ.get("WHISPER_CPU_API_KEY"),
-                              max_bytes=int(args.max_mb * 2**20), queue_size=args.queue_size, batch_size=getattr(runner, "batch_size", 1) or 1)
-    print(f"serving {args.model} ({entry.name}) on http://{args.host}:{sock.getsockname()[1]}/v1 "
+    model = api.Model(args.model, args.method, args.threads, args.batch_size)
+    if model.why:
+        print(f"method {model.method}: {model.why}", file=sys.stderr)
+    settings = serve.Settings(model=args.model, method=model.method, api_key=args.api_key or os.environ.get("WHISPER_CPU_API_KEY"),
+                              max_bytes=int(args.max_mb * 2**20), queue_size=args.queue_size,
+                              batch_size=getattr(model.runner, "batch_size", 1) or 1)
+    print(f"serving {args.model} ({model.method}) on http://{args.host}:{sock.getsockname()[1]}/v1 "
           f"{'with' if settings.api_key else 'without'} an API key", file=sys.stderr)
-    serve.run(settings, runner, sock)
+    serve.run(settings, model.runner, sock)
 
 
 def cmd_models(args) -> None:
@@ -160,8 +200,9 @@ def _openai_whisper_options(t: argparse.ArgumentParser) -> None:
     option("model_dir", default=None, help="openai-whisper's checkpoint folder: only its default, ~/.cache/whisper, which is where we read them")
 
 
-def parser() -> argparse.ArgumentParser:
-    from .bench import cli as bench_cli
+def parser(benchmark: bool = True) -> argparse.ArgumentParser:
+    """The command line; `benchmark`: with the benchmark's commands (each a one-line refusal without the bench extra)."""
+    from . import bench  # noqa: F401  (registers the peers and $WHISPER_CPU_PLUGINS' methods: it needs no extra)
 
     p = argparse.ArgumentParser(prog="whisper-cpu", description=__doc__.split("\n")[0])
     p.add_argument("--workspace", type=Path, help="results, models and audio folder (default: $WHISPER_CPU_HOME, the source checkout, "
@@ -208,14 +249,21 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="provision checkpoints (or list what loads here)")
     m.add_argument("names", nargs="*")
     m.set_defaults(func=cmd_models)
-    bench_cli.add_commands(sub)
+    if bench := benchmark and _bench():
+        bench.add_commands(sub)
+    for name in BENCH_COMMANDS if benchmark and not bench else ():  # each says what to install, whatever its arguments
+        stub = sub.add_parser(name, help="(needs the bench extra)", add_help=False, prefix_chars="\0")
+        stub.add_argument("arguments", nargs="*")
+        stub.set_defaults(func=_without_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .bench.harness import Interrupted
-
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    library = _library_command(argv)
+    args = parser(benchmark=not library).parse_args(argv)
+    bench = None if library else _bench()
+    interrupted = bench.harness.Interrupted if bench else ()  # only the benchmark's runs raise it
     if args.workspace:
         workspace.use(args.workspace)
     try:
@@ -223,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"whisper-cpu: error: {error}", file=sys.stderr)
         return 2
-    except Interrupted as stop:
+    except interrupted as stop:
         print(f"\nwhisper-cpu: interrupted; rows written so far are kept: rerun with --resume {stop.run_id}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, machine, registry, transcribe
+from . import UserError, api, machine, registry, transcribe
 from .audio import SAMPLE_RATE
 from .files import sha256, write_text
 from .runner import DecodeOptions, Transcript, read
@@ -122,7 +122,7 @@ class Transcriber:
 
     def __init__(self, opts: Options, method: str, threads: int, root: Path):
         self.opts, self.method, self.root = opts, method, Path(root)
-        self.runner, _ = transcribe.load(replace(opts, method=method, threads=threads), log=lambda line: None)
+        self.runner = api.Model(opts.model, method, threads, opts.batch_size).runner
 
     def __call__(self, files: Iterable[tuple[Path, str, str]], output_dir: Path) -> Iterator[dict]:
         """A record per (path, sha256, output stem) as each finishes (a file that does not read, as soon as it is read).
