@@ -240,7 +240,8 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
             bar.write(f"note: {model_name} {method_name} failed: {why}")
             failed[(model_name, method_name)] = why
     bar.close()
-    records = results.read_jsonl(transcripts)
+    ids = {clip.id for clip, _ in found}
+    records = [r for r in results.read_jsonl(transcripts) if r["audio_id"] in ids]  # this material's clips alone
     material = inputs.material(manifest)
     append_scores("accuracy", run_id, opts.models, opts.methods, opts.decoding, threads, failed, score, records, material)
     categories = {clip.id: clip.category for clip, _ in found}
