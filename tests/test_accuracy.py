@@ -50,7 +50,7 @@ def test_two_clip_run_writes_records_and_scores(two_clip_run):
     records = pd.read_json(accuracy.transcripts_path(run_id, opts.decoding), lines=True)
     assert len(records) == 4 and set(records.method) == {"fp32", "qint8"}
     assert {"audio_id", "duration_s", "seconds", "reference", "hypothesis", "model", "method"} <= set(records.columns)
-    assert notes == ["note: tiny.en is English-only; 1 non-English clips skipped for it"]
+    assert notes == ["note: tiny.en does not know de; 1 clips skipped for it"]
     table = results.read("accuracy").set_index("method")
     assert set(table.decoding) == {"fallback+cond"} and table.loc["fp32", "fallbacks"] == 0
     assert table.loc["fp32", "n_utterances"] == 2 and table.loc["fp32", "language"] == "en"

@@ -75,3 +75,13 @@ def test_ct2_directory_path_is_accepted(tmp_path):
     assert models.checkpoint_path(str(models.ct2_dir("tiny.en"))).name.startswith("ct2-")
     with pytest.raises(UserError, match="not a CTranslate2 model directory"):
         models.checkpoint_path(str(tmp_path))
+
+
+def test_each_model_knows_its_tokenizers_languages():
+    from whisper_cpu import models, transcribe
+
+    assert models.languages("tiny.en") == ("en",)
+    known = models.languages("base")
+    assert len(known) == 99 and "de" in known and "yue" not in known  # Cantonese came with large-v3
+    with pytest.raises(UserError, match="does not know Cantonese"):
+        transcribe.language_for("base", "yue")

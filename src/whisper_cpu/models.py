@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import whisper
 from torch import nn
+from whisper.tokenizer import LANGUAGES
 from whisper.model import AudioEncoder, ModelDimensions, TextDecoder, Whisper
 
 from . import UserError, ct2, workspace
@@ -192,6 +193,13 @@ def dims(name_or_path: str) -> ModelDimensions:
 def multilingual(name_or_path: str) -> bool:
     """Whether a model has the multilingual vocabulary (the .en models have 51864 tokens, the others more)."""
     return dims(name_or_path).n_vocab >= 51865
+
+
+def languages(name_or_path: str) -> tuple[str, ...]:
+    """The languages a model's tokenizer has: English alone for the .en models, else openai-whisper's first
+    `num_languages` (99; 100, Cantonese added, for large-v3 and turbo)."""
+    n_vocab = dims(name_or_path).n_vocab
+    return tuple(LANGUAGES)[: n_vocab - 51765 - 1] if n_vocab >= 51865 else ("en",)
 
 
 @contextmanager

@@ -104,6 +104,8 @@ def language_for(model: str, language: str | None) -> str | None:
         raise UserError(f"unknown language '{language}': use a code such as en, de, fr or a name such as german")
     if model.endswith(".en") and code != "en":
         raise UserError(f"{model} is English-only: use a multilingual model (e.g. base) for '{language}'")
+    if code == "yue" and "large-v3" not in model and model != "turbo":
+        raise UserError(f"{model} does not know Cantonese (yue): large-v3 and turbo do; or use zh")
     return code
 
 

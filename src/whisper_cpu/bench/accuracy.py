@@ -223,9 +223,10 @@ def run(opts: Options, run_id: str | None = None, log=print) -> str:
     done = {(r["model"], r["method"], r["audio_id"]) for r in results.read_jsonl(transcripts)}
     todo = []
     for model_name in opts.models:
-        clips = [(c, p) for c, p in found if models.multilingual(model_name) or c.language == "en"]
-        if len(clips) < len(found):
-            log(f"note: {model_name} is English-only; {len(found) - len(clips)} non-English clips skipped for it")
+        known = models.languages(model_name)
+        clips = [(c, p) for c, p in found if c.language in known]
+        if skipped := sorted({c.language for c, _ in found} - set(known)):
+            log(f"note: {model_name} does not know {', '.join(skipped)}; {len(found) - len(clips)} clips skipped for it")
         for method_name in dict.fromkeys(("fp32", *opts.methods)):
             pending = [(c, p) for c, p in clips if (model_name, method_name, c.id) not in done]
             if pending:
