@@ -139,7 +139,7 @@ for _entry in [
 ]:
     register(_entry)
 
-DEFAULT = "fast-qint8-pc"  # `transcribe --method auto` where this CPU has no measurements: faithful in both gates for tiny.en and base (README)
+DEFAULT = "fast-qint8-pc"  # `auto` where this CPU has no measurements: both dev gates for tiny.en and base, tiny.en's harder gates (docs/accuracy.md)
 
 
 def load_plugins() -> None:
