@@ -55,7 +55,7 @@ def faithful(method: str, *ci_lows: float | None) -> bool:
 
 
 def faithful_everywhere(method: str, ci_lows: dict[object, tuple[float | None, ...]]) -> bool:
-    """The stricter rule for the harder material (`auto` does not read it yet): `faithful` on every category (key), its
+    """The stricter rule for the harder material, which `auto` also requires: `faithful` on every category (key), its
     CIs those of the WER change and of the words written past the reference's end (on non-speech: every word) against
     fp32, so a method that makes up words in noise or silence fails though its WER holds; nothing measured fails."""
     return method == "fp32" or (bool(ci_lows) and all(faithful(method, *lows) for lows in ci_lows.values()))
