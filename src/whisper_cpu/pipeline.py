@@ -45,8 +45,12 @@ def speech_regions(samples: np.ndarray, length: int = N_SAMPLES) -> list[tuple[i
 
 
 def speech_seconds(samples: np.ndarray) -> list[tuple[float, float]]:
-    """`speech_regions` in seconds, as segments time them."""
-    return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in speech_regions(samples)]
+    return seconds(speech_regions(samples))
+
+
+def seconds(regions: list[tuple[int, int]]) -> list[tuple[float, float]]:
+    """Regions in seconds, as segments time them."""
+    return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in regions]
 
 
 def speech_windows(regions: list[tuple[int, int]], length: int = N_SAMPLES) -> list[tuple[int, int]]:
@@ -257,8 +261,7 @@ class Batcher:
                 last_speech = next((w["end"] for s in reversed(pieces) for w in reversed(s.get("words", []))), last_speech)
             found += pieces
         if guard.possible(found, file.duration_s):  # speech a window's decode moved past: decoded again, alone
-            found = guarded(self.model, read(file.source), found, [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in file.regions],
-                            options, language)
+            found = guarded(self.model, read(file.source), found, seconds(file.regions), options, language)
         return Transcript(guard.text_of(found), found, language, fallback_windows(found))
 
     def run(self, sources: Iterable[Path | np.ndarray], options: DecodeOptions, progress: bool = False) -> Iterator[tuple[Path | np.ndarray, Transcript | UserError]]:
