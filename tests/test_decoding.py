@@ -115,6 +115,26 @@ def test_per_channel_recipes_give_every_weight_row_its_own_scale(tiny):
     assert all(isinstance(l.qkv.inner, torch.ao.nn.quantized.dynamic.Linear) for l in decoder_only.decoder.layers)
 
 
+def test_fp16_weights_are_the_checkpoints_own_and_keep_its_words(tiny, clips, mirror):
+    """The packing loses nothing (the checkpoint is float16), so only the order of a product's sums differs from fp32."""
+    exact = decoding.fast(copy.deepcopy(tiny))
+    packed = registry.get("fast-fp16w").prepare(copy.deepcopy(tiny))
+    linears = {name: m for name, m in packed.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)}
+    assert len(linears) == 4 * 6 + 4 * 7 + 1  # every product: encoder blocks, decoder layers, the vocabulary
+    plain = dict(exact.named_modules())
+    for name, linear in linears.items():
+        weight, bias = torch.ops.quantized.linear_unpack_fp16(linear._packed_params._packed_params)
+        assert torch.equal(weight, plain[name].weight), name
+        assert (bias is None and plain[name].bias is None) or torch.equal(bias, plain[name].bias), name
+    samples = audio.load(inputs.locate(clips["coqui_LJ001-0007"]))
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), tiny.dims.n_mels)[None]
+    options = whisper.DecodingOptions(language="en", fp16=False)
+    with torch.inference_mode():
+        features = exact.encoder(mel)
+        assert (packed.encoder(mel) - features).abs().max() < 1e-3 * features.abs().max()
+        assert packed.decode(mel, options)[0].tokens == exact.decode(mel, options)[0].tokens
+
+
 def test_int8_paths_are_timed_once_per_run_and_agree_with_fp32(scratch, monkeypatch):
     monkeypatch.setattr(peak, "KERNEL_SHAPES", ((1, 64, 96), (32, 64, 96)))
     products = peak._int8_paths(4, 64, 96)
@@ -145,7 +165,7 @@ def test_fast_decoder_creates_every_tensor_on_its_inputs_device(tiny):
     assert logits.device.type == "meta" and logits.shape == (2, tiny.dims.n_vocab)
 
 
-@pytest.mark.parametrize("name", ["fast-fp32", "fast-qint8-pc"])
+@pytest.mark.parametrize("name", ["fast-fp32", "fast-qint8-pc", "fast-fp16w"])
 def test_fast_methods_pass_openai_whispers_word_timestamp_test(name, tiny, clips, mirror):
     """openai-whisper's tests/test_transcribe.py on the same jfk clip, through the fast decoder."""
     model = registry.get(name).prepare(copy.deepcopy(tiny))
@@ -156,7 +176,7 @@ def test_fast_methods_pass_openai_whispers_word_timestamp_test(name, tiny, clips
     assert all(w["start"] < w["end"] for w in words)
     americans = [w for w in words if w["word"].strip(" ,") == "Americans"]
     assert americans and americans[0]["start"] <= 1.8 <= americans[0]["end"]
-    if name == "fast-fp32":  # the same weights: openai-whisper's own word timings
+    if name != "fast-qint8-pc":  # the same weights: openai-whisper's own word timings
         expected = [w for s in tiny.transcribe(samples, language="en", temperature=0.0, word_timestamps=True, fp16=False)["segments"] for w in s["words"]]
         assert [w["word"] for w in words] == [w["word"] for w in expected]
         assert max(abs(a[k] - b[k]) for a, b in zip(words, expected) for k in ("start", "end")) <= 0.02

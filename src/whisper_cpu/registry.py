@@ -84,6 +84,10 @@ def _no_bf16() -> str | None:
     return machine.cpu_has("avx512_bf16", "amx_bf16")
 
 
+def _no_fbgemm() -> str | None:
+    return None if "fbgemm" in torch.backends.quantized.supported_engines else "torch's fbgemm engine (x86 CPUs) is not in this build"
+
+
 def _no_torchao() -> str | None:
     return None if importlib.util.find_spec("torchao") else "it needs the torchao extra: pip install 'whisper-cpu[torchao]'"
 
@@ -126,11 +130,16 @@ for _entry in [
     torch_method("fast-qint8-dec", "the fast decoder's products in per-channel dynamic int8, the encoder kept in fp32",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, part="decoder"), arithmetic="int8",
                  guarded=True, tags=frozenset({LONGFORM})),
+    torch_method("fast-fp16w", "the fast decoder with every weight packed in float16, the checkpoint's own precision: fp32 products reading half the bytes",
+                 lambda model: quantize.quantize_fp16(decoding.fast(model)), unavailable=_no_fbgemm, guarded=True,
+                 tags=frozenset({SCALING, BEAM, LONGFORM})),
     torch_method("fast-fp32-batched", "fast-fp32 on the batched pipeline: windows cut at pauses (Silero VAD), decoded in batches, fallback per window",
                  decoding.fast, tags=frozenset({BATCHED, LONGFORM})),
     torch_method("fast-qint8-pc-batched", "fast-qint8-pc on the batched pipeline, each batch row's activations quantized on its own scale",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
                  tags=frozenset({BATCHED, SWEPT, LONGFORM})),
+    torch_method("fast-fp16w-batched", "fast-fp16w on the batched pipeline: no activation is rounded, so a row's words never depend on the batch",
+                 lambda model: quantize.quantize_fp16(decoding.fast(model)), unavailable=_no_fbgemm, tags=frozenset({BATCHED, SWEPT, LONGFORM})),
     torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model,
                  device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH, SIZES}), original=("gpu", "fp32", "Linear")),
     torch_method("fp16-gpu", "openai-whisper on CUDA as it runs there by default: float32 weights, float16 activations", lambda model: model,
