@@ -135,6 +135,20 @@ def test_fp16_weights_are_the_checkpoints_own_and_keep_its_words(tiny, clips, mi
         assert packed.decode(mel, options)[0].tokens == exact.decode(mel, options)[0].tokens
 
 
+def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny):
+    lean = models.load_model("tiny.en", lean=True)
+    assert {p.dtype for p in lean.parameters()} == {torch.float16}
+    packed, widened = (registry.get("fast-fp16w").prepare(m) for m in (lean, copy.deepcopy(tiny)))
+    assert {t.dtype for t in packed.state_dict().values() if isinstance(t, torch.Tensor) and t.is_floating_point()} == {torch.float32}
+    for (name, a), b in zip(packed.state_dict().items(), widened.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+        elif isinstance(a, torch.dtype):
+            assert a == b == torch.float16, name
+        else:  # a packed Linear's weight and bias, unpacked
+            assert all(x is y is None or torch.equal(x, y) for x, y in zip(a, b)) and a[0].dtype == torch.float32, name
+
+
 def test_int8_paths_are_timed_once_per_run_and_agree_with_fp32(scratch, monkeypatch):
     monkeypatch.setattr(peak, "KERNEL_SHAPES", ((1, 64, 96), (32, 64, 96)))
     products = peak._int8_paths(4, 64, 96)

@@ -216,14 +216,17 @@ def _uninitialized():
             setattr(nn.init, name, function)
 
 
-def load_model(name_or_path: str) -> Whisper:
-    """An fp32 openai-whisper model on the CPU, with the right alignment heads."""
+def load_model(name_or_path: str, lean: bool = False) -> Whisper:
+    """An fp32 openai-whisper model on the CPU, with the right alignment heads.
+
+    `lean`: the weights stay the checkpoint's own float16 tensors, for a transform that packs them itself and widens
+    the rest (`quantize.quantize_fp16`), so that an fp32 copy of the whole model is never made."""
     path = checkpoint_path(name_or_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     with _uninitialized():
         model = Whisper(ModelDimensions(**checkpoint["dims"]))
-    model.load_state_dict(checkpoint["model_state_dict"])
+    model.load_state_dict(checkpoint["model_state_dict"], assign=lean)
     shape = model.dims.n_text_layer, model.dims.n_text_head
     if heads := ct2.official_heads(split(name_or_path)[0], *shape) or checkpoint.get("alignment_heads"):
         model.register_buffer("alignment_heads", ct2.heads_mask(heads, *shape).to_sparse(), persistent=False)
-    return model.float().eval()
+    return (model if lean else model.float()).eval()

@@ -64,12 +64,13 @@ class Entry:
 
 
 def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper], fp16: bool = False, guarded: bool = False,
-                 **fields) -> Entry:
-    """`guarded`: speech its seek loop moves past is transcribed again (`guard`)."""
+                 lean: bool = False, **fields) -> Entry:
+    """`guarded`: speech its seek loop moves past is transcribed again (`guard`); `lean`: `prepare` takes the
+    checkpoint's float16 weights as they are (`models.load_model`)."""
     device = fields.get("device", "cpu")
 
     def load(model: str, threads: int) -> TorchRunner:
-        loaded = prepare(models.load_model(model)).to(device)
+        loaded = prepare(models.load_model(model, lean=lean)).to(device)
         weights = [models.checkpoint_path(model)]
         return pipeline.BatchedRunner(loaded, weights) if BATCHED in fields.get("tags", ()) else TorchRunner(loaded, weights, fp16, guarded)
 
@@ -131,7 +132,7 @@ for _entry in [
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, part="decoder"), arithmetic="int8",
                  guarded=True, tags=frozenset({LONGFORM})),
     torch_method("fast-fp16w", "the fast decoder with every weight packed in float16, the checkpoint's own precision: fp32 products reading half the bytes",
-                 lambda model: quantize.quantize_fp16(decoding.fast(model)), unavailable=_no_fbgemm, guarded=True,
+                 lambda model: quantize.quantize_fp16(decoding.fast(model)), unavailable=_no_fbgemm, guarded=True, lean=True,
                  tags=frozenset({SCALING, BEAM, LONGFORM})),
     torch_method("fast-fp32-batched", "fast-fp32 on the batched pipeline: windows cut at pauses (Silero VAD), decoded in batches, fallback per window",
                  decoding.fast, tags=frozenset({BATCHED, LONGFORM})),
@@ -139,7 +140,8 @@ for _entry in [
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
                  tags=frozenset({BATCHED, SWEPT, LONGFORM})),
     torch_method("fast-fp16w-batched", "fast-fp16w on the batched pipeline: no activation is rounded, so a row's words never depend on the batch",
-                 lambda model: quantize.quantize_fp16(decoding.fast(model)), unavailable=_no_fbgemm, tags=frozenset({BATCHED, SWEPT, LONGFORM})),
+                 lambda model: quantize.quantize_fp16(decoding.fast(model)), unavailable=_no_fbgemm, lean=True,
+                 tags=frozenset({BATCHED, SWEPT, LONGFORM})),
     torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model,
                  device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH, SIZES}), original=("gpu", "fp32", "Linear")),
     torch_method("fp16-gpu", "openai-whisper on CUDA as it runs there by default: float32 weights, float16 activations", lambda model: model,
