@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import UserError, models, registry
+from .. import UserError, machine, models, registry
 from ..cli import threads
 from ..runner import DecodeOptions
 from . import accuracy, figures, harness, inputs, isolate, longform, peak, publish, results, tables
@@ -172,6 +172,16 @@ def cmd_floor(args) -> None:
     print(tables.floor_table(pd.DataFrame(rows)).to_string(index=False))
 
 
+def cmd_step(args) -> None:
+    from . import step
+
+    _check(args.methods, args.models)
+    rows = step.measure(tuple(args.models), tuple(args.methods), args.threads or machine.default_threads(), args.repeats)
+    if not rows:
+        raise UserError("none of these methods can run here")
+    print(tables.steps_table(pd.DataFrame(rows)).to_string(index=False))
+
+
 def cmd_loadtest(args) -> None:
     from . import load
 
@@ -283,6 +293,13 @@ def add_commands(sub) -> None:
                        "and this machine's cross-attention and VAD speed")
     f.add_argument("--run-id", help="the batched run (default: the reference machine's newest)")
     f.set_defaults(func=cmd_floor)
+
+    st = sub.add_parser("step", help="one decoder token on the window: ms per token of every method, and where our methods' time goes")
+    st.add_argument("--models", nargs="+", default=["tiny.en", "base"])
+    st.add_argument("--methods", nargs="+", default=["fast-qint8-pc", "fast-fp16w", "faster-whisper-int8", "whisper.cpp-q8_0"])
+    st.add_argument("--threads", type=threads, default=None, help="default: all available cores")
+    st.add_argument("--repeats", type=int, default=5)
+    st.set_defaults(func=cmd_step)
 
     a = sub.add_parser("audio", help="verify the real-speech clips and build the benchmark inputs")
     a.add_argument("action", choices=["prepare", "seed", "harder"])

@@ -136,6 +136,7 @@ def results_markdown(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: p
     for i, run in enumerate(tables.batched_runs(timings)):
         markdown += batched_markdown(timings, longform if longform is not None else pd.DataFrame(), run, first=i == 0)
     markdown += floor_markdown()
+    markdown += steps_markdown()
     markdown += service_markdown()
     gate = longform_table(tables.on_machine(longform, tables.reference_machine(timings))) if longform is not None else pd.DataFrame()
     if len(gate):
@@ -185,6 +186,19 @@ def floor_markdown() -> str:
             "windows of our int8 decoder (no partly filled batch, logit rule, search or second pass counted), and Silero's pass over "
             "the recordings; of the decoder, its cross-attention over the audio, and that part's ms per step in float32 and in the "
             "narrower formats that would read fewer bytes:\n\n" + table.to_markdown(index=False) + "\n")
+
+
+def steps_markdown() -> str:
+    steps = tables.load("steps")
+    table = tables.steps_table(steps)
+    if not len(table):
+        return ""
+    row = steps.iloc[-1]
+    return (f"\nOne decoder token (`whisper-cpu step`, run `{row['run_id']}` on {row['cpu']}, {row['threads']} threads, {row['timestamp'][:10]}): "
+            "the window decoded greedily from its encoded audio, ms per token (median of repeats); for ours, the profiler's self time "
+            "per token by kind of operator (the products of each token, those making the window's audio keys once, attention, norms, "
+            "the vocabulary-wide logit rules and search, other operators) and what is left: Python and dispatch (the profiler's "
+            "own cost included); peers from their own decoder time:\n\n" + table.astype(object).fillna("").to_markdown(index=False) + "\n")
 
 
 def service_markdown() -> str:

@@ -621,6 +621,15 @@ def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | N
     return table.drop(columns=["recordings", "encoding_s"])
 
 
+def steps_table(steps: pd.DataFrame) -> pd.DataFrame:
+    """The newest `whisper-cpu step` run: ms per decoder token of every method, and for ours the parts (`bench/step.py`)."""
+    if not len(steps):
+        return pd.DataFrame()
+    rows = steps[steps.run_id == steps.run_id.iloc[-1]]
+    parts = [c for c in ("products_ms", "audio_keys_ms", "attention_ms", "norms_ms", "logits_ms", "other_ops_ms", "python_ms") if c in rows]
+    return rows[["model", "method", "system", "tokens", "ms_per_token", *parts]].reset_index(drop=True)
+
+
 def floor_table(floor: pd.DataFrame) -> pd.DataFrame:
     """The newest floor measurement (`bench/floor.py`), one row per model: its parts, their sum, and half of
     faster-whisper's batched time (2x faster would have to fit under it)."""

@@ -1,0 +1,94 @@
+"""Where one decoder token's time goes, method by method, beside the peers' ms per token in the same run.
+
+The window is decoded greedily from its encoded audio, as `split_times` does: the wall time over the tokens is
+the ms per token (median of repeats, no profiler attached). One more decode under torch's profiler splits our
+methods' token into the self time of its operators, by kind: the matrix products of each token, the products that
+make the window's audio keys and values (once per window, shared by its tokens), the attention (scores, softmax,
+weighted values), the norms, the vocabulary-wide work of the logit rules and the search, and every other tensor
+operator. What the operators do not account for is Python and PyTorch's dispatch between them. The profiler's own
+cost per operator lands in that last part too, so it is an upper bound there. Peers give their own split's
+decoder time over their tokens (whisper.cpp: its own timings).
+"""
+
+import statistics
+import time
+
+import torch
+import whisper
+
+from .. import audio, registry
+from ..runner import DecodeOptions
+from . import harness, inputs, results
+
+KINDS = ("products", "audio_keys", "attention", "norms", "logits", "other_ops")
+ATTENTION = {"aten::bmm", "aten::_softmax", "aten::baddbmm"}
+LOGITS = {"aten::_log_softmax", "aten::max", "aten::argmax", "aten::masked_fill_", "aten::index_fill_", "aten::logsumexp", "aten::amax",
+          "aten::exp", "aten::exp_", "aten::gather", "aten::topk", "aten::sort", "aten::where", "aten::fill_"}
+
+
+def kind(name: str, shapes: list) -> str:
+    """The kind of one profiled operator, from its name and (for products) how many rows its input has."""
+    if "linear" in name or name in ("aten::addmm", "aten::mm"):
+        rows = shapes[0][-2] if shapes and len(shapes[0]) >= 2 else 1
+        return "audio_keys" if rows > 64 else "products"  # a token's rows are the batch's; the window's audio has 1500
+    if name in ATTENTION:
+        return "attention"
+    if name == "aten::native_layer_norm":
+        return "norms"
+    return "logits" if name in LOGITS else "other_ops"
+
+
+def _decode(model, features, options):
+    with torch.inference_mode():
+        return len(model.decode(features, options)[0].tokens)
+
+
+def ours(runner, samples, options: DecodeOptions, repeats: int) -> dict:
+    model = runner.model
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), model.dims.n_mels)[None]
+    decode = whisper.DecodingOptions(language=options.language, task=options.task, temperature=0.0, fp16=False)
+    with torch.inference_mode():
+        features = model.embed_audio(mel)
+    tokens, walls = _decode(model, features, decode), []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _decode(model, features, decode)
+        walls.append(time.perf_counter() - start)
+    with torch.profiler.profile(record_shapes=True) as profiled:
+        _decode(model, features, decode)
+    spent = dict.fromkeys(KINDS, 0.0)
+    for event in profiled.key_averages(group_by_input_shape=True):
+        spent[kind(event.key, event.input_shapes)] += event.self_cpu_time_total / 1000  # ms
+    ms = 1000 * statistics.median(walls) / tokens
+    per_token = {f"{k}_ms": round(v / tokens, 3) for k, v in spent.items()}
+    return {"tokens": tokens, "ms_per_token": round(ms, 3), **per_token, "python_ms": round(max(0.0, ms - sum(per_token.values())), 3)}
+
+
+def peer(runner, samples, options: DecodeOptions, repeats: int) -> dict:
+    runner.split_times(samples, options)
+    splits = [runner.split_times(samples, options) for _ in range(repeats)]
+    tokens = splits[0][2]
+    return {"tokens": tokens, "ms_per_token": round(1000 * statistics.median(s[1] for s in splits) / tokens, 3)}
+
+
+def measure(model_names: tuple[str, ...], method_names: tuple[str, ...], threads: int, repeats: int = 5, log=print) -> list[dict]:
+    """One row per model x method: its ms per token on the window, and for ours where that time goes."""
+    torch.set_num_threads(threads)
+    window, run_id, rows = inputs.window(), results.new_run_id(), []
+    samples, options = audio.load(window.path), DecodeOptions(language="en")
+    for model in model_names:
+        for name in method_names:
+            entry = registry.get(name)
+            if why := entry.unavailable():
+                log(f"{name}: skipped, {why}")
+                continue
+            runner = entry.load(model, threads)
+            with harness.Probe() as probe:
+                found = (ours if entry.ours else peer)(runner, samples, options, repeats)
+            rows.append({"run_id": run_id, "timestamp": results.now(), **results.environment(threads), "model": model, "method": name,
+                         "system": entry.system.name, "arithmetic": entry.arithmetic, "audio_id": window.id, **found,
+                         "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended()})
+            log(f"{model} {name}: {found['ms_per_token']} ms per token")
+    if rows:
+        results.append_csv("steps", rows)
+    return rows

@@ -1,0 +1,37 @@
+import pytest
+
+from whisper_cpu import UserError, registry
+from whisper_cpu.bench import cli, inputs, publish, results, step, tables
+
+
+def test_operators_are_sorted_into_the_parts_of_a_token():
+    assert step.kind("quantized::linear_dynamic", [[1, 1, 384], [], []]) == "products"
+    assert step.kind("quantized::linear_dynamic_fp16", [[8, 1, 384], []]) == "products"  # a batch of 8 windows' tokens
+    assert step.kind("quantized::linear_dynamic", [[1, 1500, 384], [], []]) == "audio_keys"
+    assert step.kind("aten::addmm", [[1500, 384], [384, 768]]) == "audio_keys"
+    assert step.kind("aten::bmm", [[6, 1, 64], [6, 64, 1500]]) == step.kind("aten::_softmax", []) == "attention"
+    assert step.kind("aten::native_layer_norm", []) == "norms"
+    assert step.kind("aten::_log_softmax", []) == step.kind("aten::argmax", []) == "logits"
+    assert step.kind("aten::gelu", []) == "other_ops"
+
+
+def test_a_token_is_timed_and_split_into_its_parts(scratch, mirror):
+    rows = step.measure(("tiny.en",), ("fast-fp16w", "fp32"), threads=1, repeats=2, log=lambda line: None)
+    assert [r["method"] for r in rows] == ["fast-fp16w", "fp32"] and {r["audio_id"] for r in rows} == {inputs.window().id}
+    ours, plain = rows
+    encoder_s, decoder_s, tokens = registry.get("fp32").load("tiny.en", 1).split_times(
+        step.audio.load(inputs.window().path), step.DecodeOptions(language="en"))
+    assert ours["tokens"] == plain["tokens"] == tokens  # fp16 weights: fp32's tokens
+    for row in rows:
+        parts = [row[f"{k}_ms"] for k in (*step.KINDS, "python")]
+        assert all(p >= 0 for p in parts) and row["products_ms"] > 0 and row["audio_keys_ms"] > 0 and row["attention_ms"] > 0
+        assert sum(parts) >= row["ms_per_token"] - 0.01  # what the operators leave is Python's, never negative
+    assert ours["ms_per_token"] < plain["ms_per_token"]  # openai-whisper's loop against our step, same arithmetic
+    saved = results.read("steps")
+    assert len(saved) == 2 and list(tables.steps_table(saved).method) == ["fast-fp16w", "fp32"]
+    assert f"run `{rows[0]['run_id']}`" in publish.steps_markdown()
+
+
+def test_the_step_command_refuses_an_unknown_method_before_loading(scratch):
+    with pytest.raises(UserError, match="unknown method 'nope'"):
+        cli.cmd_step(type("Args", (), {"methods": ["nope"], "models": ["tiny.en"], "threads": 1, "repeats": 1})())
