@@ -119,11 +119,11 @@ def test_fp16_weights_are_the_checkpoints_own_and_keep_its_words(tiny, clips, mi
     """The packing loses nothing (the checkpoint is float16), so only the order of a product's sums differs from fp32."""
     exact = decoding.fast(copy.deepcopy(tiny))
     packed = registry.get("fast-fp16w").prepare(copy.deepcopy(tiny))
-    linears = {name: m for name, m in packed.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)}
-    assert len(linears) == 4 * 6 + 4 * 7 + 1  # every product: encoder blocks, decoder layers, the vocabulary
+    linears = {name: m for name, m in packed.named_modules() if isinstance(m, quantize.Float16Linear)}
+    assert len(linears) == 4 * 6 + 4 * 7 + 1 and not any(type(m) is nn.Linear for m in packed.modules())  # every product
     plain = dict(exact.named_modules())
     for name, linear in linears.items():
-        weight, bias = torch.ops.quantized.linear_unpack_fp16(linear._packed_params._packed_params)
+        weight, bias = linear.unpacked()
         assert torch.equal(weight, plain[name].weight), name
         assert (bias is None and plain[name].bias is None) or torch.equal(bias, plain[name].bias), name
     samples = audio.load(inputs.locate(clips["coqui_LJ001-0007"]))
@@ -139,14 +139,10 @@ def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny):
     lean = models.load_model("tiny.en", lean=True)
     assert {p.dtype for p in lean.parameters()} == {torch.float16}
     packed, widened = (registry.get("fast-fp16w").prepare(m) for m in (lean, copy.deepcopy(tiny)))
-    assert {t.dtype for t in packed.state_dict().values() if isinstance(t, torch.Tensor) and t.is_floating_point()} == {torch.float32}
-    for (name, a), b in zip(packed.state_dict().items(), widened.state_dict().values()):
-        if isinstance(a, torch.Tensor):
-            assert torch.equal(a, b), name
-        elif isinstance(a, torch.dtype):
-            assert a == b == torch.float16, name
-        else:  # a packed Linear's weight and bias, unpacked
-            assert all(x is y is None or torch.equal(x, y) for x, y in zip(a, b)) and a[0].dtype == torch.float32, name
+    assert {t.dtype for t in packed.state_dict().values()} == {torch.float32}
+    assert all(torch.equal(a, b) for a, b in zip(packed.state_dict().values(), widened.state_dict().values()))
+    pairs = [(a, b) for a, b in zip(packed.modules(), widened.modules()) if isinstance(a, quantize.Float16Linear)]
+    assert len(pairs) == 53 and all(torch.equal(x, y) for a, b in pairs for x, y in zip(a.unpacked(), b.unpacked()) if x is not None)
 
 
 def test_int8_paths_are_timed_once_per_run_and_agree_with_fp32(scratch, monkeypatch):

@@ -42,20 +42,36 @@ def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None =
     return model
 
 
-def quantize_fp16(model: Whisper, parts: tuple[str, ...] = ("encoder", "decoder")) -> Whisper:
-    """Every nn.Linear's weights packed in float16 for fbgemm, whose products widen them to fp32 as they load.
+class Float16Linear(nn.Module):
+    """An nn.Linear whose weights fbgemm keeps packed in float16 and widens to fp32 as its product loads them.
 
-    Whisper's checkpoints ship float16 weights, so the packing loses nothing: the products are fp32's
-    arithmetic on the same numbers, reading half the bytes. One token's decoder step reads every weight once
-    (the vocabulary's most of all), so that is where the time goes; no activation is rounded, so no word moves.
-    A model loaded `lean` (float16 as stored) is packed module by module, each weight freed once packed, and only
-    what is left (norms, convolutions, embeddings) widened to fp32: its peak memory stays near the checkpoint's size.
+    Whisper's checkpoints ship float16 weights, so the packing loses nothing: the product is fp32's arithmetic on
+    the same numbers, reading half the bytes, and no activation is rounded. It calls fbgemm's operators directly
+    rather than through `torch.ao`'s dynamic-quantization modules, which are deprecated.
     """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = linear.bias.detach().float() if linear.bias is not None else None
+        self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
+
+    def unpacked(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) in fp32, as packed."""
+        return torch.ops.quantized.linear_unpack_fp16(self.packed)
+
+
+def quantize_fp16(model: Whisper, parts: tuple[str, ...] = ("encoder", "decoder")) -> Whisper:
+    """Every nn.Linear of the model's `parts` a `Float16Linear`. One token's decoder step reads every weight once
+    (the vocabulary's most of all), so bytes are where its products' time goes. A model loaded `lean` (float16 as
+    stored) is packed module by module, each weight freed once packed, and only what is left (norms,
+    convolutions, embeddings) widened to fp32: no fp32 copy of the whole model is ever made."""
     model = to_nn_linear(model)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*deprecated")
-        for name in parts:
-            setattr(model, name, torch.ao.quantization.quantize_dynamic(getattr(model, name), {nn.Linear}, dtype=torch.float16, inplace=True))
+    for name in parts:
+        replace_linears(getattr(model, name), Float16Linear)
     return model.float()
 
 
