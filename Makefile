@@ -11,7 +11,7 @@ THREADS ?=
 # Method lists default to the registry's own (whisper_cpu/registry.py and bench/peers.py): nothing to keep in step here.
 RUN_FLAGS = --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) $(if $(BEAM),--beam-size $(BEAM)) $(if $(THREADS),--threads $(THREADS))
 
-HARDER_METHODS ?= fast-qint8-pc fast-qint8-pc-batched faster-whisper-int8 faster-whisper-int8-batched
+HARDER_METHODS ?= fast-qint8-pc fast-qint8-pc-batched fast-fp16w fast-fp16w-batched faster-whisper-int8 faster-whisper-int8-batched
 ALL_METHODS ?=
 ALL_REPEATS ?= 3
 SIZE_MODELS ?=
@@ -22,7 +22,7 @@ OUT ?= transcripts
 ADDRESS ?=
 SECONDS ?= 60
 
-.PHONY: harder bench bench-all bench-batch bench-sizes bench-serve bench-corpus corpus test-slow test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
+.PHONY: harder bench bench-all bench-batch bench-step bench-sizes bench-serve bench-corpus corpus test-slow test-sizes accuracy longform compare report test venv models audio audio-seed whispercpp system-deps clean
 
 bench: venv models audio ## time MODELS x METHODS (default: the original's) on the ~30 s real-speech window
 	$(PY) -m whisper_cpu bench $(RUN_FLAGS) --repeats $(REPEATS)
@@ -44,6 +44,9 @@ bench-corpus: venv models audio ## corpus throughput: local engine and a local R
 
 bench-batch: venv models audio ## long recordings whole: batched methods and peers beside the sequential ones, batch sweep, memory, threads, long-form gate, floor
 	$(PY) -m whisper_cpu bench --batched --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) --repeats $(ALL_REPEATS)
+
+bench-step: venv models audio whispercpp ## one decoder token on the window: ms per token of our methods and the peers, ours split into its parts
+	$(PY) -m whisper_cpu step --models $(MODELS) $(if $(METHODS),--methods $(METHODS)) $(if $(THREADS),--threads $(THREADS))
 
 accuracy: venv models audio ## short-clip gate: WER of MODELS x METHODS on every real-speech clip
 	$(PY) -m whisper_cpu accuracy $(RUN_FLAGS)
