@@ -187,7 +187,7 @@ def test_report_writes_the_figures_the_generated_sections_and_choices_from_the_r
     text = (tmp_path / "docs" / "results.md").read_text()
     assert text.startswith("# x\n<!-- results:start -->\nRun `r1` on Test CPU, 2 threads on 2 cores [avx2]") and text.endswith("<!-- results:end -->\nafter\n")
     assert "| tiny.en | qint8    |          1 |                 2 |                    2 |            30 |" in text and "old" not in text
-    assert "| Test CPU [avx2], 2 threads | tiny.en | fast-qint8-pc (default: nothing gated here) | not timed here" in (tmp_path / "README.md").read_text()
+    assert "| Test CPU [avx2], 2 threads | tiny.en | fast-fp16w (default: nothing gated here) | not timed here" in (tmp_path / "README.md").read_text()
     assert "not measured yet" in (tmp_path / "docs" / "accuracy.md").read_text()
     choices = json.loads((scratch / "choices.json").read_text())["choices"]
     assert [(c["method"], c["s_per_30s"], c["faithful"]) for c in choices] == [("fp32", 2.0, True), ("fp32-nn", 2.0, False), ("qint8", 1.0, False)]

@@ -275,7 +275,7 @@ def test_the_headline_is_what_auto_runs_against_fp32_and_the_peers_of_the_same_r
                               "ΔWER short clips": "-0.20 [-0.20, +1.20]", "ΔWER long recordings": "-0.20 [-0.20, +1.20]",
                               "harder gates": "passes", "timed in run": "l"}
     other = table.loc["Other CPU [avx2], 2 threads" if HERE["isa"] == "avx2" else f"Other CPU [{HERE['isa']}], 2 threads"]
-    assert other["`auto` runs"] == "fast-qint8-pc (default: nothing gated here)" and other["s per 30 s"] == "1.00 (30 s window)"
+    assert other["`auto` runs"] == "fast-fp16w (default: nothing gated here)" and other["s per 30 s"] == "1.00 (30 s window)"
 
     path = tmp_path / "choices.json"  # what the transcriber itself chooses from the same rows
     path.write_text(json.dumps({"choices": tables.choices(timings, short, long, DECODING, categories, hard)}))

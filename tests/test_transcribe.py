@@ -77,6 +77,13 @@ def test_auto_uses_the_documented_default_when_nothing_was_measured_here(tmp_pat
         transcribe.choose_method("base", 2, tmp_path / "broken.json")
 
 
+def test_without_fbgemm_the_default_is_the_fast_decoder_in_fp32(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setitem(registry.REGISTRY, "fast-fp16w", replace(registry.REGISTRY["fast-fp16w"], unavailable=lambda: "no fbgemm"))
+    assert transcribe.choose_method("base", 2, tmp_path / "missing.json")[0] == "fast-fp32"
+
+
 def timing_rows(run_id, walls, decoding=DECODING, cpu=HERE):
     return [{"run_id": run_id, "cpu": cpu, "isa": ISA, "model": "base", "method": m, "device": "cpu", "beam_size": 1, "threads": 2, "decoding": decoding,
              "audio_id": "w", "audio_s": 30.0, "batch_size": 1, "wall_s": w} for m, w in walls.items()]

@@ -153,7 +153,13 @@ for _entry in [
 ]:
     register(_entry)
 
-DEFAULT = "fast-qint8-pc"  # `auto` where this CPU has no measurements: both dev gates for tiny.en and base, tiny.en's harder gates (docs/accuracy.md)
+# `auto` where this CPU has no measurements: the checkpoint's own weights, no activation rounded, only the order of a
+# product's sums differs from fp32 (the same words in every committed gate: docs/accuracy.md); without fbgemm, fp32
+DEFAULT, FALLBACK = "fast-fp16w", "fast-fp32"
+
+
+def default() -> str:
+    return FALLBACK if REGISTRY[DEFAULT].unavailable() else DEFAULT
 
 
 def load_plugins() -> None:

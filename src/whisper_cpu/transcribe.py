@@ -79,7 +79,7 @@ def choose_method(model: str, threads: int, path: Path | None = None) -> tuple[s
         at = threads if any(c["threads"] == threads for c in rows) else max(c["threads"] for c in rows)
         rows = [c for c in rows if c["threads"] == at]
     if not any(c.get("gated") for c in rows):  # fp32 alone is faithful by definition, not by measurement: no choice was made here
-        return registry.DEFAULT, (f"none of our faster methods was scored by both accuracy gates for {model} on this CPU ({cpu}, "
+        return registry.default(), (f"none of our faster methods was scored by both accuracy gates for {model} on this CPU ({cpu}, "
                                   f"{isa or 'no listed ISA flags'}); documented default")
     rows = [c for c in rows if c["faithful"] and _runnable(c["method"])]
     timed_long = [c for c in rows if c.get("long_s_per_30s") is not None]
@@ -143,7 +143,7 @@ def entry_for(opts: Options, log=lambda line: print(line, file=sys.stderr)) -> r
     entry = registry.ours(name)
     if entry.batched and (used := [k for k in SEQUENTIAL if getattr(opts.decoding, k) != getattr(DecodeOptions, k)]):
         raise UserError(f"--{used[0]} belongs to openai-whisper's sequential transcribe, which {name} does not run: "
-                        f"use a method without -batched (e.g. --method {registry.DEFAULT})")
+                        f"use a method without -batched (e.g. --method {registry.default()})")
     return entry
 
 
