@@ -18,6 +18,14 @@ def test_a_segment_far_sparser_than_speech_and_a_loop_are_suspect():
     assert guard.suspect([seg(10.0, 12.5, " Yes."), seg(31, 32, " no"), seg(32, 33, " no")], SPEECH) == [False, False, False]
 
 
+def test_punctuation_over_speech_is_no_words():
+    """Seen on a long recording of hard speech: 256 full stops over the first window's 30 s of speech."""
+    dots = [seg(0, 30, " ." * 256), seg(31, 40, " and the rest of the sentence is said here")]
+    assert guard.suspect(dots, SPEECH) == [True, False] and guard.holes(dots, SPEECH) == [(0.0, 30.0)]
+    assert guard.possible(dots, 41.0)
+    assert guard.suspect([seg(0, 10, " It's 4:30, ok? " * 3)], SPEECH) == [False]
+
+
 def test_holes_are_speech_under_no_trusted_segment_joined_where_nothing_trusted_lies_between():
     segments = [seg(0, 10, " " + "word " * 20), seg(11, 30, " It will end"), seg(31, 40, " " + "word " * 20)]
     assert guard.holes(segments, SPEECH) == [(11.0, 30.0)]

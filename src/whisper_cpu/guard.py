@@ -21,7 +21,8 @@ def speech_s(regions: list[tuple[float, float]], start: float, end: float) -> fl
 
 
 def _words(segment: dict) -> int:
-    return len(segment["text"].split())
+    """Words with a letter or digit in them: a decode that writes ". . . ." over speech has written none."""
+    return sum(any(c.isalnum() for c in word) for word in segment["text"].split())
 
 
 def suspect(segments: list[dict], regions: list[tuple[float, float]]) -> list[bool]:
