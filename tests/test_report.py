@@ -292,6 +292,14 @@ def test_the_headline_is_what_auto_runs_against_fp32_and_the_peers_of_the_same_r
 def test_the_harder_gates_say_per_category_where_a_method_loses_or_adds_words(scratch):
     assert publish.harder_markdown() == ("The harder material (`harder-seed0`): not measured yet (`make harder`).\n\n"
                                          "Long recordings of real hard speech (`hard`): not measured yet (`make harder`).\n")
+    for run, methods in (("h1", ("fp32", "fast-qint8-pc")), ("h2", ("fp32", "fast-fp16w"))):  # each run scored against its own fp32
+        results.append("longform", [{"run_id": run, **ENV, "model": "base", "method": m, "audio_id": "all", "material": "hard",
+                                     "decoding": "fallback+cond", "beam_size": 1, "wall_s": 10.0, "audio_s": 100.0, "wer": 0.3, "wer_delta": 0.0,
+                                     "ci_low": -0.01, "ci_high": 0.01, "fallbacks": 0, "windows": 4, "deletions": 1, "insertions": 1,
+                                     "substitutions": 1, "repeated_ngrams": 0} for m in methods])
+    hard = publish.harder_markdown().split("Long recordings of real hard speech")[1:]
+    assert [part.split("`")[3] for part in hard] == ["h2", "h1"]  # newest first
+    assert "| fast-fp16w " in hard[0] and "| fp32 " in hard[0] and "| fast-qint8-pc " in hard[1]
     results.append("categories", category_rows("c1", "base", "fp32", 0, 0) + category_rows("c1", "base", "fast-qint8-pc", -0.01, -0.5)
                    + category_rows("c1", "base", "fast-qint8", -0.01, 0.5))
     rows = tables.load_categories()

@@ -19,7 +19,7 @@ from .runner import DecodeOptions
 
 
 LIBRARY_COMMANDS = ("transcribe", "corpus", "serve", "models")
-BENCH_COMMANDS = ("bench", "accuracy", "longform", "compare", "report", "peak", "floor", "audio", "loadtest", "scaleout")  # bench/cli.py's
+BENCH_COMMANDS = ("bench", "accuracy", "longform", "compare", "report", "peak", "floor", "step", "audio", "loadtest", "scaleout")  # bench/cli.py's
 
 
 def needs(extra: str, command: str, *modules: str) -> None:

@@ -64,13 +64,14 @@ def harder_markdown() -> str:
             + tables.categories_table(rows).astype(object).fillna("").to_markdown(index=False) + "\n\n"
             + "".join(f"- `{v.model}` `{v.method}`: {v.verdict}\n" for v in verdicts.itertuples()) + "\n"
         )
-    gate = tables.longform_table(tables._greedy(tables.load_longform(inputs.HARD), decoding))
-    if not len(gate):
+    hard = tables._greedy(tables.load_longform(inputs.HARD), decoding)
+    if not len(hard):
         return markdown + f"\nLong recordings of real hard speech (`{inputs.HARD}`): not measured yet (`make harder`).\n"
-    return markdown + (
-        f"\nLong recordings of real hard speech (the mirror's `{inputs.HARD}/` clips joined, run `{gate.run_id.iloc[0]}`), as the "
-        "long-form gate reports them:\n\n" + gate.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n"
-    )
+    for run in reversed(list(dict.fromkeys(hard.run_id))):  # newest first; each run scores against its own fp32
+        gate = tables.longform_table(hard, run)
+        markdown += (f"\nLong recordings of real hard speech (the mirror's `{inputs.HARD}/` clips joined), run `{run}`, as the "
+                     "long-form gate reports them:\n\n" + gate.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n")
+    return markdown
 
 
 def notebooks() -> list[Path]:
