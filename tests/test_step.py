@@ -10,6 +10,7 @@ def test_operators_are_sorted_into_the_parts_of_a_token():
     assert step.kind("quantized::linear_dynamic", [[1, 1500, 384], [], []]) == "audio_keys"
     assert step.kind("aten::addmm", [[1500, 384], [384, 768]]) == "audio_keys"
     assert step.kind("aten::bmm", [[6, 1, 64], [6, 64, 1500]]) == step.kind("aten::_softmax", []) == "attention"
+    assert step.kind("aten::_scaled_dot_product_flash_attention_for_cpu", []) == "attention"
     assert step.kind("aten::native_layer_norm", []) == "norms"
     assert step.kind("aten::_log_softmax", []) == step.kind("aten::argmax", []) == "logits"
     assert step.kind("aten::gelu", []) == "other_ops"

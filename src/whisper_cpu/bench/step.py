@@ -31,7 +31,7 @@ def kind(name: str, shapes: list) -> str:
     if "linear" in name or name in ("aten::addmm", "aten::mm"):
         rows = shapes[0][-2] if shapes and len(shapes[0]) >= 2 else 1
         return "audio_keys" if rows > 64 else "products"  # a token's rows are the batch's; the window's audio has 1500
-    if name in ATTENTION:
+    if name in ATTENTION or "scaled_dot_product" in name:  # openai-whisper's own attention: one fused operator
         return "attention"
     if name == "aten::native_layer_norm":
         return "norms"
