@@ -1,13 +1,13 @@
 """Where one decoder token's time goes, method by method, beside the peers' ms per token in the same run.
 
-The window is decoded greedily from its encoded audio, as `split_times` does: the wall time over the tokens is
-the ms per token (median of repeats, no profiler attached). One more decode under torch's profiler splits our
+The window is decoded greedily from its encoded audio by each runner's `split_times`, as `bench` times it: the
+decoder's time over its tokens is the ms per token (median of repeats, no profiler attached). One more decode under torch's profiler splits our
 methods' token into the self time of its operators, by kind: the matrix products of each token, the products that
 make the window's audio keys and values (once per window, shared by its tokens), the attention (scores, softmax,
 weighted values), the norms, the vocabulary-wide work of the logit rules and the search, and every other tensor
 operator. What the operators do not account for is Python and PyTorch's dispatch between them. The profiler's own
-cost per operator lands in that last part too, so it is an upper bound there. Peers give their own split's
-decoder time over their tokens (whisper.cpp: its own timings).
+cost per operator lands in that last part too, so it is an upper bound there. (whisper.cpp's split is its own
+timings: decode, batched decode and prompt over its decode runs.)
 """
 
 import statistics
@@ -38,37 +38,27 @@ def kind(name: str, shapes: list) -> str:
     return "logits" if name in LOGITS else "other_ops"
 
 
-def _decode(model, features, options):
-    with torch.inference_mode():
-        return len(model.decode(features, options)[0].tokens)
-
-
-def ours(runner, samples, options: DecodeOptions, repeats: int) -> dict:
-    model = runner.model
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), model.dims.n_mels)[None]
-    decode = whisper.DecodingOptions(language=options.language, task=options.task, temperature=0.0, fp16=False)
-    with torch.inference_mode():
-        features = model.embed_audio(mel)
-    tokens, walls = _decode(model, features, decode), []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _decode(model, features, decode)
-        walls.append(time.perf_counter() - start)
-    with torch.profiler.profile(record_shapes=True) as profiled:
-        _decode(model, features, decode)
-    spent = dict.fromkeys(KINDS, 0.0)
-    for event in profiled.key_averages(group_by_input_shape=True):
-        spent[kind(event.key, event.input_shapes)] += event.self_cpu_time_total / 1000  # ms
-    ms = 1000 * statistics.median(walls) / tokens
-    per_token = {f"{k}_ms": round(v / tokens, 3) for k, v in spent.items()}
-    return {"tokens": tokens, "ms_per_token": round(ms, 3), **per_token, "python_ms": round(max(0.0, ms - sum(per_token.values())), 3)}
-
-
-def peer(runner, samples, options: DecodeOptions, repeats: int) -> dict:
+def per_token(runner, samples, options: DecodeOptions, repeats: int) -> dict:
+    """ms per token from the runner's own split of the window (bench's definition, every system alike)."""
     runner.split_times(samples, options)
     splits = [runner.split_times(samples, options) for _ in range(repeats)]
     tokens = splits[0][2]
     return {"tokens": tokens, "ms_per_token": round(1000 * statistics.median(s[1] for s in splits) / tokens, 3)}
+
+
+def parts(model, samples, options: DecodeOptions, tokens: int, ms: float) -> dict:
+    """Our decoder's token split by kind of operator: one more decode of the window, as `split_times` decodes it, profiled."""
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), model.dims.n_mels)[None]
+    decode = whisper.DecodingOptions(language=options.language, task=options.task, temperature=0.0, fp16=False)
+    with torch.inference_mode():
+        features = model.embed_audio(mel)
+        with torch.profiler.profile(record_shapes=True) as profiled:
+            model.decode(features, decode)
+    spent = dict.fromkeys(KINDS, 0.0)
+    for event in profiled.key_averages(group_by_input_shape=True):
+        spent[kind(event.key, event.input_shapes)] += event.self_cpu_time_total / 1000  # ms
+    found = {f"{k}_ms": round(v / tokens, 3) for k, v in spent.items()}
+    return {**found, "python_ms": round(max(0.0, ms - sum(found.values())), 3)}
 
 
 def measure(model_names: tuple[str, ...], method_names: tuple[str, ...], threads: int, repeats: int = 5, log=print) -> list[dict]:
@@ -84,7 +74,9 @@ def measure(model_names: tuple[str, ...], method_names: tuple[str, ...], threads
                 continue
             runner = entry.load(model, threads)
             with harness.Probe() as probe:
-                found = (ours if entry.ours else peer)(runner, samples, options, repeats)
+                found = per_token(runner, samples, options, repeats)
+                if entry.ours:
+                    found |= parts(runner.model, samples, options, found["tokens"], found["ms_per_token"])
             rows.append({"run_id": run_id, "timestamp": results.now(), **results.environment(threads), "model": model, "method": name,
                          "system": entry.system.name, "arithmetic": entry.arithmetic, "audio_id": window.id, **found,
                          "other_cpu_s": round(probe.other_cpu_s, 3), "contended": probe.contended()})
