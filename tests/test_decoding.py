@@ -46,6 +46,16 @@ def test_fast_transcribe_matches_openai_whisper_across_windows(tiny, fast_tiny, 
     assert [(s["start"], s["end"], s["tokens"]) for s in got["segments"]] == [(s["start"], s["end"], s["tokens"]) for s in expected["segments"]]
 
 
+def test_the_cache_holds_the_prompt_and_what_the_search_may_add(tiny, fast_tiny, clips, mirror, monkeypatch):
+    """Not the whole context: the self-attention cache of a batch of windows keeps no room it cannot reach."""
+    built, cache = [], decoding.Cache
+    monkeypatch.setattr(decoding, "Cache", lambda *args: built.append(cache(*args)) or built[-1])
+    mel = mel_of(inputs.locate(clips["whisper_jfk"]), tiny)
+    options = whisper.DecodingOptions(language="en", fp16=False)
+    assert fast_tiny.decode(mel, options).tokens == tiny.decode(mel, options).tokens
+    assert [c.kv.shape[4] for c in built] == [1 + tiny.dims.n_text_ctx // 2]  # tiny.en's prompt is <|startoftranscript|> alone
+
+
 def test_language_detection_runs_through_the_fast_decoder(clips, mirror):
     reference = models.load_model("base")
     fast = decoding.fast(copy.deepcopy(reference))

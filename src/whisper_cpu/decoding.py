@@ -113,9 +113,11 @@ class Layer(nn.Module):
 class Cache:
     """Self-attention keys/values for every layer, preallocated for the whole context, and the audio's."""
 
-    def __init__(self, decoder: "FastTextDecoder", audio_features: Tensor, batch: int):
+    def __init__(self, decoder: "FastTextDecoder", audio_features: Tensor, batch: int, length: int | None = None):
+        """`length`: the most tokens this decode can hold (the prompt and what the search may add), the context's at most."""
         n_head = decoder.layers[0].n_head
-        shape = (len(decoder.layers), 2, batch, n_head, decoder.n_ctx, audio_features.shape[-1] // n_head)
+        length = min(decoder.n_ctx, length or decoder.n_ctx)
+        shape = (len(decoder.layers), 2, batch, n_head, length, audio_features.shape[-1] // n_head)
         self.kv = audio_features.new_empty(shape)
         self.cross = [layer.audio(audio_features) for layer in decoder.layers]  # beams and samples of a window share it
         self.offset = 0
@@ -124,9 +126,11 @@ class Cache:
         self.kv[:, :, :, :, : self.offset] = self.kv[:, :, source, :, : self.offset]
 
     def keep(self, rows: Tensor) -> None:
-        """Only these rows (one per window) go on: the others have ended their text."""
+        """Only these rows (one per window) go on: the others have ended their text. Layer by layer, so that each
+        layer's old audio keys and values are freed before the next layer's are copied."""
         self.kv = self.kv[:, :, rows]
-        self.cross = [(k[rows], v[rows]) for k, v in self.cross]
+        for i, (k, v) in enumerate(self.cross):
+            self.cross[i] = (k[rows], v[rows])
 
 
 class FastTextDecoder(nn.Module):
@@ -160,17 +164,18 @@ class FastTextDecoder(nn.Module):
 
     def forward(self, x: Tensor, xa: Tensor, kv_cache: dict | None = None) -> Tensor:
         """All positions' logits without a cache kept, as language detection and word timing call it."""
-        return self.step(x, Cache(self, xa, x.shape[0]), list(range(x.shape[1])), tap=True)
+        return self.step(x, Cache(self, xa, x.shape[0], x.shape[1]), list(range(x.shape[1])), tap=True)
 
 
 class FastInference(Inference):
-    def __init__(self, decoder: FastTextDecoder, initial_token_length: int):
-        self.decoder, self.initial_token_length = decoder, initial_token_length
+    def __init__(self, decoder: FastTextDecoder, initial_token_length: int, sample_len: int):
+        """The cache holds the prompt and `sample_len` tokens: a batch of windows keeps no unreachable context."""
+        self.decoder, self.initial_token_length, self.length = decoder, initial_token_length, initial_token_length + sample_len
         self.cache: Cache | None = None
 
     def logits(self, tokens: Tensor, audio_features: Tensor, positions: list[int] = [-1]) -> Tensor:
         if self.cache is None:
-            self.cache = Cache(self.decoder, audio_features, tokens.shape[0])
+            self.cache = Cache(self.decoder, audio_features, tokens.shape[0], self.length)
         if tokens.shape[-1] > self.initial_token_length:
             tokens = tokens[:, -1:]
         return self.decoder.step(tokens, self.cache, positions)
@@ -236,7 +241,7 @@ class FastDecodingTask(DecodingTask):
             super().__init__(model, options)
         finally:
             model.decoder.building = False
-        self.inference = FastInference(model.decoder, len(self.initial_tokens))
+        self.inference = FastInference(model.decoder, len(self.initial_tokens), self.sample_len)
         if isinstance(self.decoder, BeamSearchDecoder):
             self.decoder.inference = self.inference
         self.logit_filters = [_faster(rule) for rule in self.logit_filters]

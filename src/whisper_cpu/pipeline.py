@@ -31,7 +31,7 @@ from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 from tqdm import tqdm
 
-from . import UserError, guard, vad
+from . import UserError, guard, models, vad
 from .runner import DecodeOptions, Transcript, TorchRunner, fallback_windows, guarded, read
 
 SECONDS_PER_TOKEN = 0.02
@@ -216,6 +216,7 @@ class Batcher:
         language = self._language(file.windows[0], options) if file.windows else (options.language or "en")
         for window in file.windows:
             window.language = language
+        models.release_freed()  # the decoded audio and the VAD's buffers: a long file's are hundreds of MB
 
     def _window(self, file: File, samples: np.ndarray, start: int, end: int) -> Window:
         mel = whisper.log_mel_spectrogram(samples[start:end], self.model.dims.n_mels, padding=N_SAMPLES)[:, :N_FRAMES]

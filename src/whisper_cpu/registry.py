@@ -71,6 +71,7 @@ def torch_method(name: str, summary: str, prepare: Callable[[Whisper], Whisper],
 
     def load(model: str, threads: int) -> TorchRunner:
         loaded = prepare(models.load_model(model, lean=lean)).to(device)
+        models.release_freed()
         weights = [models.checkpoint_path(model)]
         return pipeline.BatchedRunner(loaded, weights) if BATCHED in fields.get("tags", ()) else TorchRunner(loaded, weights, fp16, guarded)
 
