@@ -237,6 +237,8 @@ def release_freed() -> None:
     """Return freed heap memory to the system. glibc keeps what loading freed (the checkpoint's tensors, the weights a
     transform replaced by packed ones) for reuse, so without this a loaded model's resident size counts them for good
     (about 130 MB for base). Elsewhere than glibc, nothing to do."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):  # no malloc_trim (musl, macOS) or no process-wide CDLL (Windows)
+        return
+    trim(0)
