@@ -175,31 +175,33 @@ def batched_markdown(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str,
     return markdown
 
 
-def floor_markdown() -> str:
-    floor = tables.load("floor")
-    table = tables.floor_table(floor)
+def _newest_section(name: str, table_of, intro) -> str:
+    """A section of one result table: what its newest run measured (`intro` of that row), then the table; nothing
+    where it was never run."""
+    rows = tables.load(name)
+    table = table_of(rows)
     if not len(table):
         return ""
-    row = floor.iloc[-1]
-    return (f"\nWhat 2x faster than faster-whisper's batched pipeline would have to fit in (`whisper-cpu floor`, run `{row['run_id']}` "
-            f"on {row['cpu']}, {row['threads']} threads, {row['timestamp'][:10]}, from batched run `{row['batched_run']}`): the windows "
-            "faster-whisper needed through our encoder (as timed in that run), every token our pipeline decoded as full steps of 8 "
-            "windows of our int8 decoder (no partly filled batch, logit rule, search or second pass counted), and Silero's pass over "
-            "the recordings; of the decoder, its cross-attention over the audio, and that part's ms per step in float32 and in the "
-            "narrower formats that would read fewer bytes:\n\n" + table.to_markdown(index=False) + "\n")
+    return "\n" + intro(rows.iloc[-1]) + "\n\n" + table.astype(object).fillna("").to_markdown(index=False) + "\n"
+
+
+def floor_markdown() -> str:
+    return _newest_section("floor", tables.floor_table, lambda row: (
+        f"What 2x faster than faster-whisper's batched pipeline would have to fit in (`whisper-cpu floor`, run `{row['run_id']}` "
+        f"on {row['cpu']}, {row['threads']} threads, {row['timestamp'][:10]}, from batched run `{row['batched_run']}`): the windows "
+        "faster-whisper needed through our encoder (as timed in that run), every token our pipeline decoded as full steps of 8 "
+        "windows of our int8 decoder (no partly filled batch, logit rule, search or second pass counted), and Silero's pass over "
+        "the recordings; of the decoder, its cross-attention over the audio, and that part's ms per step in float32 and in the "
+        "narrower formats that would read fewer bytes:"))
 
 
 def steps_markdown() -> str:
-    steps = tables.load("steps")
-    table = tables.steps_table(steps)
-    if not len(table):
-        return ""
-    row = steps.iloc[-1]
-    return (f"\nOne decoder token (`whisper-cpu step`, run `{row['run_id']}` on {row['cpu']}, {row['threads']} threads, {row['timestamp'][:10]}): "
-            "the window decoded greedily from its encoded audio, ms per token (median of repeats); for ours, the profiler's self time "
-            "per token by kind of operator (the products of each token, those making the window's audio keys once, attention, norms, "
-            "the vocabulary-wide logit rules and search, other operators) and what is left: Python and dispatch (the profiler's "
-            "own cost included); peers from their own decoder time:\n\n" + table.astype(object).fillna("").to_markdown(index=False) + "\n")
+    return _newest_section("steps", tables.steps_table, lambda row: (
+        f"One decoder token (`whisper-cpu step`, run `{row['run_id']}` on {row['cpu']}, {row['threads']} threads, {row['timestamp'][:10]}): "
+        "the window decoded greedily from its encoded audio, ms per token (median of repeats); for ours, the profiler's self time "
+        "per token by kind of operator (the products of each token, those making the window's audio keys once, attention, norms, "
+        "the vocabulary-wide logit rules and search, other operators) and what is left: Python and dispatch (the profiler's "
+        "own cost included); peers from their own decoder time:"))
 
 
 def service_markdown() -> str:
