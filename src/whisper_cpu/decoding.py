@@ -111,7 +111,7 @@ class Layer(nn.Module):
 
 
 class Cache:
-    """Self-attention keys/values for every layer, preallocated for the whole context, and the audio's."""
+    """Self-attention keys/values for every layer, preallocated for every token the decode can hold, and the audio's."""
 
     def __init__(self, decoder: "FastTextDecoder", audio_features: Tensor, batch: int, length: int | None = None):
         """`length`: the most tokens this decode can hold (the prompt and what the search may add), the context's at most."""
