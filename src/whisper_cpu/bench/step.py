@@ -11,7 +11,6 @@ timings: decode, batched decode and prompt over its decode runs.)
 """
 
 import statistics
-import time
 
 import torch
 import whisper
