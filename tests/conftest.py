@@ -32,21 +32,22 @@ def scratch(tmp_path, monkeypatch):
     return tmp_path / "results"
 
 
+def write_manifest(path: Path, *ids: str) -> Path:
+    """A manifest of a few dev clips (by id)."""
+    with open(workspace.get().manifest, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["id"] in ids]
+    assert len(rows) == len(ids), f"not in the manifest: {set(ids) - {r['id'] for r in rows}}"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 @pytest.fixture
 def manifest_of(scratch):
     """A manifest of a few dev clips (by id), beside the scratch results."""
-    def make(*ids: str) -> Path:
-        with open(workspace.get().manifest, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if r["id"] in ids]
-        assert len(rows) == len(ids), f"not in the manifest: {set(ids) - {r['id'] for r in rows}}"
-        path = scratch.parent / "manifest.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
-
-    return make
+    return lambda *ids: write_manifest(scratch.parent / "manifest.csv", *ids)
 
 
 @pytest.fixture

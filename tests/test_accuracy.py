@@ -4,6 +4,8 @@ import pytest
 
 from whisper_cpu.bench import accuracy, results, tables
 
+from conftest import write_manifest
+
 
 def test_english_normalization_makes_numbers_punctuation_and_case_agree():
     reference = "In fourteen sixty-five, Mr. Smith paid twenty dollars!"
@@ -36,13 +38,17 @@ def test_bootstrap_has_a_known_answer_on_toy_sets():
     assert low < 0 < high and abs(delta) < 0.01
 
 
-@pytest.fixture
-def two_clip_run(scratch, mirror, manifest_of):
-    manifest = manifest_of("deepspeech_LDC93S1", "leopard_test_de", "leopard_test")
-    opts = accuracy.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=manifest)
-    notes = []
-    run_id = accuracy.run(opts, log=notes.append)
-    return opts, run_id, notes
+@pytest.fixture(scope="module")
+def two_clip_run(tmp_path_factory, mirror):
+    """One accuracy run for the tests that read it, its results in a folder of their own while they run."""
+    folder = tmp_path_factory.mktemp("two_clip_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WHISPER_CPU_RESULTS", str(folder / "results"))
+        manifest = write_manifest(folder / "manifest.csv", "deepspeech_LDC93S1", "leopard_test_de", "leopard_test")
+        opts = accuracy.Options(models=("tiny.en",), methods=("qint8",), threads=1, manifest=manifest)
+        notes = []
+        run_id = accuracy.run(opts, log=notes.append)
+        yield opts, run_id, notes
 
 
 def test_two_clip_run_writes_records_and_scores(two_clip_run):
