@@ -65,16 +65,22 @@ def test_a_hole_is_transcribed_again_by_openai_whispers_transcribe_on_that_stret
             self.calls = []
 
         def transcribe(self, samples, **kwargs):
-            self.calls.append(kwargs)
+            self.calls.append(kwargs | {"samples": samples})
             start, end = kwargs["clip_timestamps"]
-            return {"segments": [seg(start, end, " " + "said " * int(2 * (end - start)))]}
+            return {"segments": [seg(start, end, " " + "said " * int(2 * (end - start))) | {"seek": int(100 * start), "words": [
+                {"word": " said", "start": start, "end": start + 0.5}]}]}
 
     found = [seg(0, 10, " " + "word " * 20), seg(11, 30, " It will end"), seg(31, 40, " " + "tail " * 20)]
     model = Model()
-    repaired = guarded(model, np.zeros(16000 * 41, np.float32), found, SPEECH, DecodeOptions(initial_prompt="Names:"), "en")
+    samples = np.arange(16000 * 41, dtype=np.float32)
+    repaired = guarded(model, samples, found, SPEECH, DecodeOptions(initial_prompt="Names:"), "en")
     (call,) = model.calls
-    assert call["clip_timestamps"] == [11.0, 30.0] and call["language"] == "en" and call["verbose"] is None
+    # the stretch and a second either side, not the whole file: its times are the stretch's, from the slice's start
+    assert call["samples"][0] == 10 * 16000 and len(call["samples"]) == 21 * 16000
+    assert call["clip_timestamps"] == [1.0, 20.0] and call["language"] == "en" and call["verbose"] is None
     assert call["initial_prompt"] == "Names: " + "word " * 20 and call["temperature"] == DecodeOptions().temperature
     assert [s["text"].split()[0] for s in repaired] == ["word", "said", "tail"]
-    guarded(model, np.zeros(16000 * 41, np.float32), found, SPEECH, DecodeOptions(condition_on_previous_text=False), "en")
+    said = repaired[1]
+    assert (said["start"], said["end"], said["seek"], said["words"][0]["start"]) == (11.0, 30.0, 1100, 11.0)  # the file's times
+    guarded(model, samples, found, SPEECH, DecodeOptions(condition_on_previous_text=False), "en")
     assert model.calls[-1]["initial_prompt"] is None

@@ -20,6 +20,15 @@ def test_probabilities_are_the_packages_own_frame_by_frame(clips, mirror):
     assert (together > 0.5).mean() > 0.5  # the clip is mostly speech
 
 
+def test_frames_cut_block_by_block_see_the_samples_before_them(clips, mirror, monkeypatch):
+    """A long file's frames are cut a block at a time: each block's first frame still sees the end of the block before."""
+    samples = audio.load(inputs.locate(clips["whisper_jfk"]))[: 5 * RATE + 100]
+    whole = vad.probabilities(samples)  # one block
+    monkeypatch.setattr(vad, "BLOCK", 7)  # 157 frames: 22 blocks, the last one short
+    blocks = vad.probabilities(samples)
+    assert blocks.shape == whole.shape and np.abs(blocks - whole).max() < 1e-5
+
+
 def test_regions_hold_each_spoken_part_and_digital_silence_none(clips, mirror):
     clip = audio.load(inputs.locate(clips["deepspeech_LDC93S1"]))
     pause = np.zeros(2 * RATE, dtype=np.float32)

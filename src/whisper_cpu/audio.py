@@ -32,7 +32,7 @@ def load(path: Path) -> np.ndarray:
         raise UserError(f"cannot decode audio {path}: {error.strerror or error}") from None
     if not chunks or sum(c.size for c in chunks) == 0:
         raise UserError(f"{path}: no audio samples")
-    return np.concatenate(chunks, axis=1).reshape(-1).astype(np.float32) / 32768.0
+    return _scaled(np.concatenate(chunks, axis=1).reshape(-1))
 
 
 def _plain_wav(path: Path) -> np.ndarray | None:
@@ -46,7 +46,14 @@ def _plain_wav(path: Path) -> np.ndarray | None:
     except (wave.Error, EOFError):
         return None
     samples = np.frombuffer(data[: len(data) // 2 * 2], "<i2")
-    return samples.astype(np.float32) / 32768.0 if samples.size else None
+    return _scaled(samples) if samples.size else None
+
+
+def _scaled(pcm: np.ndarray) -> np.ndarray:
+    """16-bit PCM as float32 in [-1, 1), divided in place: an hour's file holds one float copy at a time, not two."""
+    samples = pcm.astype(np.float32)
+    samples /= 32768.0
+    return samples
 
 
 def write_wav(path: Path, samples: np.ndarray) -> None:

@@ -17,7 +17,7 @@ window's own text as its prompt, so a file that fits one window gets openai-whis
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +188,7 @@ class Batcher:
         for temperature in options.temperature:
             decoded = self.model.decode(features[todo], self._options(options, windows[0], temperature))
             for i, result in zip(todo, decoded):
-                windows[i].result = result
+                windows[i].result = replace(result, audio_features=None)  # the encoder's output, MBs a window: read no more
             todo = [i for i in todo if needs_fallback(windows[i].result, options)]
             if not todo:
                 break
@@ -306,6 +306,9 @@ class Batcher:
                     file.windows.append(rest)
                     queue.insert(0, rest)
                     bar.total += 1
+                if not options.word_timestamps:
+                    window.mel = None  # only word timing reads it again
+            models.release_freed()  # what the batch's caches took: an hour's file would otherwise keep growing the heap
             bar.update(len(batch))
         bar.close()
 

@@ -92,7 +92,7 @@ def samples_of(source: Path | np.ndarray) -> np.ndarray:
 def read(source: Path | np.ndarray) -> np.ndarray:
     """The samples of a file or array; one that holds no signal is refused in one line."""
     samples = samples_of(source)
-    if not len(samples) or np.abs(samples).max() < SILENCE:
+    if not len(samples) or max(samples.max(), -samples.min()) < SILENCE:  # not np.abs: no second copy of an hour's samples
         raise UserError("no signal (silence)")
     return samples
 
@@ -173,14 +173,33 @@ class TorchRunner(Runner):
         return encoder_s, time.perf_counter() - start, tokens
 
 
+REPAIR_MARGIN_S = 1.0  # audio either side of a stretch transcribed again: its first and last frames see their neighbours
+
+
 def guarded(model: Whisper, samples: np.ndarray, found: list[dict], regions: list[tuple[float, float]], options: DecodeOptions,
             language: str, fp16: bool = False) -> list[dict]:
     """`guard.repair` of a transcript, each hole transcribed again by openai-whisper's transcribe on that stretch alone,
-    prompted with the text before it where the options condition on previous text."""
+    prompted with the text before it where the options condition on previous text.
+
+    openai-whisper's transcribe is given the stretch's samples with `REPAIR_MARGIN_S` either side, not the file's: it
+    frames all it is given, which for an hour-long file took 1.6 GB and seconds per hole. The stretch's frames are the
+    file's (the slice starts on a frame); only the level the quietest frames are floored to (80 dB below the loudest
+    frame given) can differ."""
+    hop, rate = whisper.audio.HOP_LENGTH, whisper.audio.SAMPLE_RATE
+
     def again(start: float, end: float, before: str) -> list[dict]:
         prompt = (options.initial_prompt or "") + before if options.condition_on_previous_text else options.initial_prompt
-        return model.transcribe(samples, fp16=fp16, verbose=None, **{
-            **options.whisper_kwargs(), "clip_timestamps": [start, end], "initial_prompt": prompt or None, "language": language})["segments"]
+        first = max(0, int((start - REPAIR_MARGIN_S) * rate) // hop * hop)
+        last = min(len(samples), int((end + REPAIR_MARGIN_S) * rate))
+        offset = first / rate
+        found = model.transcribe(samples[first:last], fp16=fp16, verbose=None, **{
+            **options.whisper_kwargs(), "clip_timestamps": [start - offset, end - offset], "initial_prompt": prompt or None,
+            "language": language})["segments"]
+        for segment in found:
+            segment |= {"seek": segment["seek"] + first // hop, "start": segment["start"] + offset, "end": segment["end"] + offset}
+            for word in segment.get("words", []):
+                word |= {"start": word["start"] + offset, "end": word["end"] + offset}
+        return found
 
     return guard.repair(found, regions, again)[0]
 

@@ -42,17 +42,26 @@ def probabilities(samples: np.ndarray) -> np.ndarray:
     """The speech probability of every 512-sample frame of 16 kHz audio (the last zero-padded), as the package's model
     gives them one frame at a time."""
     net, lstm = _model()
-    padded = np.pad(np.asarray(samples, dtype=np.float32), (CONTEXT, -len(samples) % FRAME))
-    frames = torch.from_numpy(padded).unfold(0, CONTEXT + FRAME, FRAME)  # a view: each frame after the end of the one before
+    samples = np.asarray(samples, dtype=np.float32)
+    count = -(-len(samples) // FRAME)
     threads = torch.get_num_threads()
     try:
         with torch.inference_mode():
-            features = torch.cat([net.encoder(net.stft(frames[i: i + BLOCK])) for i in range(0, len(frames), BLOCK)])
+            features = torch.cat([net.encoder(net.stft(_frames(samples, i, min(i + BLOCK, count)))) for i in range(0, count, BLOCK)])
             torch.set_num_threads(1)  # a step of 128 units is too small to share: a second thread only waits (several times slower)
             hidden, _ = lstm(features[:, None, :, 0])
             return net.decoder.decoder(hidden[:, 0, :, None]).reshape(-1).numpy()
     finally:
         torch.set_num_threads(threads)
+
+
+def _frames(samples: np.ndarray, first: int, end: int) -> torch.Tensor:
+    """Frames `first` to `end` (exclusive), each with the `CONTEXT` samples before it, zeros outside the audio: cut a block
+    at a time, so an hour's file is never copied whole."""
+    start, stop = first * FRAME - CONTEXT, end * FRAME
+    piece = samples[max(start, 0) : min(stop, len(samples))]
+    piece = np.pad(piece, (max(0, -start), stop - max(start, 0) - len(piece)))
+    return torch.from_numpy(piece).unfold(0, CONTEXT + FRAME, FRAME)  # a view: each frame after the end of the one before
 
 
 def speech_regions(samples: np.ndarray, max_speech_s: float = float("inf"), threshold: float = 0.5, pad_ms: int = 400,

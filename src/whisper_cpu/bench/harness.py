@@ -285,8 +285,9 @@ def batched_methods() -> tuple[str, ...]:
 
 def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
     """Long recordings, whole, at the default batch size; on the first one, for the methods tagged `swept`, the batch
-    sweep, peak memory per batch size and fewer threads (powers of two); then the long-form gate for every method timed,
-    and what 2x faster than faster-whisper's batched pipeline would have to fit in (`floor`)."""
+    sweep, peak memory per batch size and fewer threads (powers of two), and their peak memory on an hour of speech;
+    then the long-form gate for every method timed, and what 2x faster than faster-whisper's batched pipeline would
+    have to fit in (`floor`)."""
     from . import floor, longform
 
     run_id = run_id or results.new_run_id()
@@ -297,6 +298,7 @@ def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
             _run(replace(opts, batch_sizes=(pipeline.BATCH,)), recording, run_id, log)
         _run(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id, log)
         measure_memory(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id)
+        measure_memory(replace(opts, methods=sweep, batch_sizes=(pipeline.BATCH,)), inputs.hour(opts.manifest), run_id)
         for threads in fewer_threads(opts.threads):
             _run(replace(opts, methods=sweep, threads=threads, batch_sizes=(pipeline.BATCH,)), recordings[0], run_id, log)
         longform.run(longform.Options(models=opts.models, methods=opts.methods, decoding=opts.decoding, threads=opts.threads,

@@ -30,6 +30,7 @@ SYNTH_TEXT = (
 )
 # Two long recordings from the same clips, so that one lucky order or pause length cannot decide the gate.
 LONGFORM = (("longform-en-a", False, 1.0), ("longform-en-b", True, 0.5))  # (id, reversed order, pause seconds)
+HOUR_S = 3600.0
 DEV = "dev"  # the material of the dev manifest (audio/manifest.csv): clean read speech
 HARDER = "harder-seed0"  # the harder material (`whisper-cpu audio harder`): derived from the dev clips, and the mirror's real hard clips
 HARD = "hard"  # the mirror's real hard clips alone (its hard/manifest.csv): the long recordings of hard speech
@@ -227,6 +228,16 @@ def longform(manifest: Path | None = None) -> list[Input]:
         recordings.append(Input(name, target, duration, "en", " ".join(c.reference for c, _ in ordered),
                                 parts=tuple((c.id, c.reference) for c, _ in ordered)))
     return recordings
+
+
+def hour(manifest: Path | None = None) -> Input:
+    """About an hour of speech: the first long recording again and again, 0.5 s apart. Memory on a file this long
+    is what users of a batched transcriber meet (whole-file buffers grow with it, a window's do not)."""
+    first = longform(manifest)[0]
+    repeats = max(1, round(HOUR_S / first.duration_s))
+    target = workspace.get().cache / f"hour-{first.path.stem}.wav"
+    duration = _joined(target, [first.path] * repeats, 0.5)
+    return Input(f"hour-{first.id}", target, duration, "en", " ".join([first.reference] * repeats), parts=first.parts * repeats)
 
 
 def file_input(path: Path, language: str = "en", reference: str = "") -> Input:

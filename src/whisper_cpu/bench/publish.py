@@ -162,7 +162,8 @@ def batched_markdown(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str,
         f"\nLong recordings timed whole (run `{run_id}`, {label}): "
         "seconds summed over the recordings (medians over repeats), x real time, faster-whisper's batched int8 time over "
         "this row's at the same batch size (above 1: this row is faster), WER and its change against openai-whisper's "
-        "sequential fp32 from the long-form gate of the same run, peak memory on the first recording, and where the time "
+        "sequential fp32 from the long-form gate of the same run, peak memory on the first recording (and on an hour of speech, "
+        "that recording again and again, where measured), and where the time "
         "goes: the windows each pipeline encoded (those that gave text) and the share of the time their encoder passes take "
         "(windows x one window's encoder time):\n\n"
         if first else
