@@ -182,9 +182,9 @@ def guarded(model: Whisper, samples: np.ndarray, found: list[dict], regions: lis
     prompted with the text before it where the options condition on previous text.
 
     openai-whisper's transcribe is given the stretch's samples with `REPAIR_MARGIN_S` either side, not the file's: it
-    frames all it is given, which for an hour-long file took 1.6 GB and seconds per hole. The stretch's frames are the
-    file's (the slice starts on a frame); only the level the quietest frames are floored to (80 dB below the loudest
-    frame given) can differ."""
+    frames all it is given, for an hour-long file over a GB of transform and seconds of work, once per hole. The
+    stretch's frames are the file's (the slice starts on a frame); only the level the quietest frames are floored to
+    (80 dB below the loudest frame given) can differ."""
     hop, rate = whisper.audio.HOP_LENGTH, whisper.audio.SAMPLE_RATE
 
     def again(start: float, end: float, before: str) -> list[dict]:
@@ -192,14 +192,14 @@ def guarded(model: Whisper, samples: np.ndarray, found: list[dict], regions: lis
         first = max(0, int((start - REPAIR_MARGIN_S) * rate) // hop * hop)
         last = min(len(samples), int((end + REPAIR_MARGIN_S) * rate))
         offset = first / rate
-        found = model.transcribe(samples[first:last], fp16=fp16, verbose=None, **{
+        stretch = model.transcribe(samples[first:last], fp16=fp16, verbose=None, **{
             **options.whisper_kwargs(), "clip_timestamps": [start - offset, end - offset], "initial_prompt": prompt or None,
             "language": language})["segments"]
-        for segment in found:
+        for segment in stretch:  # the file's times
             segment |= {"seek": segment["seek"] + first // hop, "start": segment["start"] + offset, "end": segment["end"] + offset}
             for word in segment.get("words", []):
                 word |= {"start": word["start"] + offset, "end": word["end"] + offset}
-        return found
+        return stretch
 
     return guard.repair(found, regions, again)[0]
 
