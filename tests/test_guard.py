@@ -1,5 +1,7 @@
 """The guard: speech that a transcript moved past is found from the detector's regions and decoded again."""
 
+import pytest
+
 from whisper_cpu import guard
 
 
@@ -84,3 +86,28 @@ def test_a_hole_is_transcribed_again_by_openai_whispers_transcribe_on_that_stret
     assert (said["start"], said["end"], said["seek"], said["words"][0]["start"]) == (11.0, 30.0, 1100, 11.0)  # the file's times
     guarded(model, samples, found, SPEECH, DecodeOptions(condition_on_previous_text=False), "en")
     assert model.calls[-1]["initial_prompt"] is None
+
+
+def test_a_repair_on_real_speech_reads_its_stretch_as_the_whole_file_would(tiny, clips, mirror):
+    """The stretch and a second either side go to openai-whisper's transcribe: the same words and the file's times as
+    when it is handed the whole file (an hour's file, framed whole once per hole, took over a GB)."""
+    import numpy as np
+
+    from whisper_cpu import audio, pipeline
+    from whisper_cpu.bench import inputs
+    from whisper_cpu.runner import DecodeOptions, guarded
+
+    first, second = (audio.load(inputs.locate(clips[name])) for name in ("whisper_jfk", "coqui_LJ001-0007"))
+    samples = np.concatenate([first, np.zeros(16000, np.float32), second, np.zeros(16000 * 25, np.float32)])
+    regions = pipeline.speech_seconds(samples)
+    options = DecodeOptions(language="en", temperature=(0.0,))
+    said = tiny.transcribe(first, language="en", temperature=0.0, fp16=False)["segments"]
+    repaired = guarded(tiny, samples, said, regions, options, "en")  # the second clip lies under no segment: a hole
+    ((start, end),) = guard.holes(said, regions)
+    whole = tiny.transcribe(samples, fp16=False, verbose=None, **{**options.whisper_kwargs(), "clip_timestamps": [start, end],
+                                                                  "initial_prompt": "".join(s["text"] for s in said)})["segments"]
+    new = repaired[len(said):]
+    assert start > len(first) / 16000 - 1 and len(new) == len(whole) > 0 and "printed" in "".join(s["text"] for s in new)
+    assert [s["text"] for s in new] == [s["text"] for s in whole]
+    assert [s["seek"] for s in new] == [s["seek"] for s in whole]
+    assert [t for s in new for t in (s["start"], s["end"])] == pytest.approx([t for s in whole for t in (s["start"], s["end"])], abs=0.02)
