@@ -232,7 +232,7 @@ def test_the_batched_job_times_sweeps_and_gates_beside_the_batched_peer(scratch,
     assert (ours.wer_pct, ours.delta_ci) == (round(100 * pooled.wer, 2),
                                              f"{100 * pooled.wer_delta:+.2f} [{100 * pooled.ci_low:+.2f}, {100 * pooled.ci_high:+.2f}]")
     memory = results.read("memory")
-    hour = memory.audio_id == f"{tables.HOUR_PREFIX}longform-en-a"
+    hour = memory.audio_id == f"{inputs.HOUR_PREFIX}longform-en-a"
     assert set(memory[~hour].batch_size) == {2} and (memory.peak_rss_mb > 0).all()
     assert sorted(memory[hour].method) == sorted(opts.methods) and set(memory[hour].batch_size) == {pipeline.BATCH}
     assert set(table.hour_peak_mb.dropna()) == set(memory[hour].peak_rss_mb)  # beside the first recording's, not in its place

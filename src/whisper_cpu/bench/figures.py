@@ -7,7 +7,7 @@ import pandas as pd
 
 from .. import registry
 from . import inputs
-from .tables import (HOUR_PREFIX, PUBLISHED_CPU, _ratio, batched_runs, compare, headline, latest_run, long_timings, longform_table, main_rows,
+from .tables import (PUBLISHED_CPU, _ratio, batched_runs, compare, headline, latest_run, long_timings, longform_table, main_rows,
                      on_machine, pareto_front, reference_machine, sizes_runs, sizes_table, speed_accuracy, summary)
 
 MODEL_STYLES = ["o", "s", "^", "D"]  # marker per model, in order of appearance
@@ -138,7 +138,7 @@ def plot_thread_scaling(timings: pd.DataFrame, run_id: str | None = None):
 def plot_memory(memory: pd.DataFrame):
     """Peak resident memory and weights on disk per configuration (None until memory is measured)."""
     if memory is not None and len(memory):  # the batched job's memory per batch size is in the batching figure
-        memory = memory[~memory.audio_id.isin([name for name, _, _ in inputs.LONGFORM]) & ~memory.audio_id.str.startswith(HOUR_PREFIX)]
+        memory = memory[~memory.audio_id.isin([name for name, _, _ in inputs.LONGFORM]) & ~memory.audio_id.str.startswith(inputs.HOUR_PREFIX)]
     if memory is None or memory.empty:
         return None
     table = memory[memory.run_id == memory.run_id.iloc[-1]]

@@ -30,7 +30,7 @@ SYNTH_TEXT = (
 )
 # Two long recordings from the same clips, so that one lucky order or pause length cannot decide the gate.
 LONGFORM = (("longform-en-a", False, 1.0), ("longform-en-b", True, 0.5))  # (id, reversed order, pause seconds)
-HOUR_S = 3600.0
+HOUR_S, HOUR_PREFIX = 3600.0, "hour-"  # `hour`'s length, and the prefix of its audio id
 DEV = "dev"  # the material of the dev manifest (audio/manifest.csv): clean read speech
 HARDER = "harder-seed0"  # the harder material (`whisper-cpu audio harder`): derived from the dev clips, and the mirror's real hard clips
 HARD = "hard"  # the mirror's real hard clips alone (its hard/manifest.csv): the long recordings of hard speech
@@ -237,7 +237,7 @@ def hour(manifest: Path | None = None) -> Input:
     repeats = max(1, round(HOUR_S / first.duration_s))
     target = workspace.get().cache / f"hour-{first.path.stem}.wav"
     duration = _joined(target, [first.path] * repeats, 0.5)
-    return Input(f"hour-{first.id}", target, duration, "en", " ".join([first.reference] * repeats), parts=first.parts * repeats)
+    return Input(f"{HOUR_PREFIX}{first.id}", target, duration, "en", " ".join([first.reference] * repeats), parts=first.parts * repeats)
 
 
 def file_input(path: Path, language: str = "en", reference: str = "") -> Input:

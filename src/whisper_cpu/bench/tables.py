@@ -587,9 +587,6 @@ def long_timings(timings: pd.DataFrame, run_id: str | None = None) -> pd.DataFra
             .reset_index())
 
 
-HOUR_PREFIX = "hour-"  # audio ids of `inputs.hour`
-
-
 def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | None = None, memory: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per model, method and batch size at the most threads: the recordings timed whole (sums of medians over the
     recordings every configuration covered), the real-time factor, the speed against faster-whisper's batched
@@ -619,7 +616,7 @@ def batched_table(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str | N
         table = table.merge(gate[["model", "method", "wer_pct", "delta_ci"]], on=["model", "method"], how="left")
     if memory is not None and len(memory) and "batch_size" in memory:
         mine = memory[memory.run_id == run]
-        hour = mine.audio_id.str.startswith(HOUR_PREFIX)
+        hour = mine.audio_id.str.startswith(inputs.HOUR_PREFIX)
         for rows, column in ((mine[~hour], "peak_rss_mb"), (mine[hour], "hour_peak_mb")):  # the first recording's, an hour's
             peak = rows[["model", "method", "batch_size", "peak_rss_mb"]].dropna().rename(columns={"peak_rss_mb": column})
             if len(peak):
