@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from whisper_cpu.bench import accuracy, results, tables
+from whisper_cpu.bench import accuracy, inputs, results, tables
 
 from conftest import write_manifest
 
@@ -92,3 +92,22 @@ def test_a_clip_the_transcriber_refuses_is_scored_as_no_words(tmp_path):
             raise UserError("no signal (silence)")
 
     assert accuracy._transcribe(Refuses(), tmp_path / "silence.wav", accuracy.DecodeOptions()) == (None, "no signal (silence)")
+
+
+def test_every_run_of_a_gate_samples_a_clips_fallback_alike(tmp_path, clips):
+    """The gates seed each clip's sampling: at a temperature, two runs write the same words, and another seed other
+    words (so the sampling is in play). Unseeded, the hard gate's fp32 baseline moved 7 points between two runs."""
+    from whisper_cpu import registry
+
+    clip = clips["leopard_test"]
+    opts = accuracy.Options(models=("tiny.en",), methods=(), decoding=accuracy.DecodeOptions(language="en", temperature=(1.5,)))
+    hypotheses = []
+    for n in range(2):
+        path = tmp_path / f"{n}.jsonl"
+        accuracy.transcribe_config({"opts": opts, "clips": [(clip, inputs.locate(clip))], "threads": 1, "model": "tiny.en",
+                                    "method": "fp32", "run_id": "r", "transcripts": path})
+        hypotheses += [r["hypothesis"] for r in results.read_jsonl(path)]
+    assert hypotheses[0] == hypotheses[1]
+    accuracy.seed("another clip")
+    runner = registry.get("fp32").load("tiny.en", 1)
+    assert runner.transcribe(inputs.locate(clip), opts.decoding).text != hypotheses[0]

@@ -7,7 +7,9 @@ languages), errors summed over the corpus, languages written without spaces scor
 per-utterance records come first (results/transcripts/<run_id>.jsonl); every score is derived from them.
 """
 
+import sys
 import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,6 +70,21 @@ class Options:
     timeout: float = isolate.TIMEOUT  # seconds one model x method may take (in its own process) before it counts as hung
 
 
+def seed(audio_id: str) -> None:
+    """Every method of ours samples a clip's temperature fallback from the same seed, in any run, order or process.
+
+    Unseeded, openai-whisper's fallback draws differ from run to run, and on hard speech a window that falls back
+    can loop or not: the hard long-form gate's fp32 baseline moved by several WER points between two runs of the
+    same code. The bootstrap's intervals resample clips, not these draws, so the gates and timings seed them.
+    """
+    value = zlib.crc32(audio_id.encode())
+    torch.manual_seed(value)
+    if ctranslate2 := sys.modules.get("ctranslate2"):
+        # faster-whisper samples in CTranslate2, whose worker thread seeds its generator once, at its first draw:
+        # its runs repeat given the same clips in the same order, not clip by clip
+        ctranslate2.set_random_seed(value)
+
+
 def transcribe_config(spec: dict) -> None:
     """In a child: one model x method over its pending clips, one record per utterance as the Open ASR Leaderboard keeps
     them, each appended as soon as it is decoded."""
@@ -81,6 +98,7 @@ def transcribe_config(spec: dict) -> None:
     shortest = min(clips, key=lambda item: item[0].duration_s)
     _transcribe(runner, shortest[1], decoding(shortest[0]))  # warm-up, so RTFx is steady-state
     for clip, path in clips:
+        seed(clip.id)
         start = time.perf_counter()
         transcript, refused = _transcribe(runner, path, decoding(clip))
         results.append_jsonl(spec["transcripts"], [{

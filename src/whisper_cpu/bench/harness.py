@@ -19,6 +19,7 @@ from .. import UserError, machine, models, pipeline, registry
 from ..audio import SAMPLE_RATE, load
 from ..runner import FORCED, DecodeOptions, spoken
 from . import inputs, isolate, peak, results
+from .accuracy import seed
 
 CONTENDED = 0.10  # share of the machine's CPU time used by others above which a repeat is rerun
 BEAM = 5  # the beam width users of openai-whisper's CLI and of faster-whisper get by default
@@ -202,6 +203,7 @@ def _time(opts: Options, runner, clip: inputs.Input, samples, decoding: DecodeOp
             runner.transcribe(samples[: 30 * SAMPLE_RATE], decoding)
     for repeat in range(finished, opts.repeats):
         for attempt in range(1, opts.retries + 2):
+            seed(clip.id)  # each repeat samples any fallback as the gates do: the same work every time
             with Probe() as probe:
                 encoder_s, decoder_s, window_tokens, tokens, fallbacks, text = once()
             if not probe.contended():

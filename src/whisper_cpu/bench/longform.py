@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .. import machine, models, registry, workspace
 from ..runner import DecodeOptions
 from . import inputs, isolate, results
-from .accuracy import bootstrap_delta, normalize, append_scores
+from .accuracy import append_scores, bootstrap_delta, normalize, seed
 
 NGRAM = 5  # a word 5-gram repeated more often than the reference has it: the mark of a hallucination loop
 POOLED = "all"  # the audio_id of the row pooled over every recording: the one the gate reads
@@ -110,6 +110,7 @@ def transcribe_config(spec: dict) -> None:
     runner = entry.load(spec["model"], spec["threads"])
     decoding = replace(spec["opts"].decoding, language="en")
     for recording in spec["recordings"]:
+        seed(recording.id)
         start = time.perf_counter()
         transcript = runner.transcribe(recording.path, decoding)
         results.append_jsonl(spec["transcripts"], [{
