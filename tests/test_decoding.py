@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from whisper.decoding import ApplyTimestampRules
 from whisper.tokenizer import get_tokenizer
 
+from torch.ao.nn.quantized import dynamic as nnqd
 from whisper_cpu import audio, decoding, models, quantize, registry, runner
 from whisper_cpu.runner import DecodeOptions
 from whisper_cpu.bench import inputs, peak, results
@@ -145,14 +147,37 @@ def test_fp16_weights_are_the_checkpoints_own_and_keep_its_words(tiny, clips, mi
         assert packed.decode(mel, options)[0].tokens == exact.decode(mel, options)[0].tokens
 
 
-def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny):
+def _packed(module: nn.Module) -> list[torch.Tensor]:
+    """What a packed product multiplies by: its weights (int8 values and scales where quantized) and bias."""
+    if isinstance(module, quantize.Float16Linear):
+        return [t for t in module.unpacked() if t is not None]
+    weight, bias = module.weight(), module.bias()
+    scales = [weight.q_per_channel_scales(), weight.q_per_channel_zero_points()] if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else [
+        torch.tensor([weight.q_scale(), weight.q_zero_point()])]
+    return [weight.int_repr(), *scales, *([bias] if bias is not None else [])]
+
+
+@pytest.mark.parametrize("method", ["fast-fp16w", "fast-qint8-pc"])
+def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny, method):
     lean = models.load_model("tiny.en", lean=True)
     assert {p.dtype for p in lean.parameters()} == {torch.float16}
-    packed, widened = (registry.get("fast-fp16w").prepare(m) for m in (lean, copy.deepcopy(tiny)))
-    assert {t.dtype for t in packed.state_dict().values()} == {torch.float32}
-    assert all(torch.equal(a, b) for a, b in zip(packed.state_dict().values(), widened.state_dict().values()))
-    pairs = [(a, b) for a, b in zip(packed.modules(), widened.modules()) if isinstance(a, quantize.Float16Linear)]
-    assert len(pairs) == 53 and all(torch.equal(x, y) for a, b in pairs for x, y in zip(a.unpacked(), b.unpacked()) if x is not None)
+    packed, widened = (registry.get(method).prepare(m) for m in (lean, copy.deepcopy(tiny)))
+    assert {t.dtype for t in packed.state_dict().values() if isinstance(t, torch.Tensor) and t.is_floating_point()} == {torch.float32}
+    assert all(torch.equal(a, b) for a, b in zip(packed.state_dict().values(), widened.state_dict().values()) if isinstance(a, torch.Tensor))
+    pairs = [(a, b) for a, b in zip(packed.modules(), widened.modules()) if isinstance(a, (quantize.Float16Linear, nnqd.Linear))]
+    assert len(pairs) == 53 and all(x.dtype == y.dtype and torch.equal(x, y) for a, b in pairs for x, y in zip(_packed(a), _packed(b), strict=True))
+
+
+@pytest.mark.parametrize("qconfig", [torch.ao.quantization.default_dynamic_qconfig, torch.ao.quantization.per_channel_dynamic_qconfig])
+def test_int8_module_by_module_is_torch_aos_quantize_dynamic(tiny, qconfig):
+    plain = quantize.to_nn_linear(copy.deepcopy(tiny))
+    ours = quantize.quantize_qint8(copy.deepcopy(plain), per_channel=qconfig is torch.ao.quantization.per_channel_dynamic_qconfig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = torch.ao.quantization.quantize_dynamic(plain, {nn.Linear: qconfig}, dtype=torch.qint8)
+    pairs = [(a, b) for a, b in zip(ours.modules(), theirs.modules()) if isinstance(b, nnqd.Linear)]
+    assert len(pairs) == 64 and all(type(a) is nnqd.Linear for a, _ in pairs)
+    assert all(x.dtype == y.dtype and torch.equal(x, y) for a, b in pairs for x, y in zip(_packed(a), _packed(b), strict=True))
 
 
 def test_int8_paths_are_timed_once_per_run_and_agree_with_fp32(scratch, monkeypatch):

@@ -143,7 +143,7 @@ class FastTextDecoder(nn.Module):
         self.n_ctx = decoder.positional_embedding.shape[0]
         self.layers = nn.ModuleList(Layer(block) for block in decoder.blocks)
         self.ln = _norm(decoder.ln)
-        self.projection = nn.Linear(*decoder.token_embedding.weight.shape[::-1], bias=False)
+        self.projection = nn.Linear(*decoder.token_embedding.weight.shape[::-1], bias=False, device="meta")  # its weight is the embedding's
         self.projection.weight = decoder.token_embedding.weight
         self.building = False
 

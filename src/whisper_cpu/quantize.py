@@ -30,16 +30,28 @@ def to_nn_linear(model: Whisper) -> Whisper:
 def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None = None) -> Whisper:
     """Dynamic int8 for every nn.Linear of the model (or of one `part`, "encoder" or "decoder"): weights int8,
     activations quantized per call. The original's method has one weight scale per tensor; `per_channel`
-    gives every output row its own, as CTranslate2 does, so one large row no longer coarsens all the others."""
+    gives every output row its own, as CTranslate2 does, so one large row no longer coarsens all the others.
+
+    Module by module, as `torch.ao.quantization.quantize_dynamic` converts them, each from its weights in fp32: a
+    model loaded `lean` (float16 as stored) is quantized without an fp32 copy of the whole model ever made."""
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig if per_channel else torch.ao.quantization.default_dynamic_qconfig
     model = to_nn_linear(model)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*deprecated")  # torch.ao eager quantization: deprecated, still shipped
-        for name in ("encoder", "decoder") if part is None else (part,):
-            setattr(model, name, torch.ao.quantization.quantize_dynamic(getattr(model, name), {nn.Linear: qconfig}, dtype=torch.qint8))
+    for name in ("encoder", "decoder") if part is None else (part,):
+        replace_linears(getattr(model, name), lambda linear: _dynamic_int8(linear, qconfig))
     if hasattr(model.decoder, "layers"):  # our fast decoder decodes windows in batches: keep its rows independent
         replace_linears(model.decoder, RowScaledLinear, nnqd.Linear)
-    return model
+    return model.float()
+
+
+def _dynamic_int8(linear: nn.Linear, qconfig) -> nnqd.Linear:
+    """torch.ao's dynamic int8 Linear of `linear`, as `quantize_dynamic` converts it. A float16 weight is observed
+    and rounded in fp32 by torch.ao itself; a float16 bias would be kept as it is, which the product then refuses."""
+    linear.qconfig = qconfig
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated")  # torch.ao eager quantization: deprecated, still shipped
+        return nnqd.Linear.from_float(linear)
 
 
 class Float16Linear(nn.Module):
