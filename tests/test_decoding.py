@@ -1,5 +1,6 @@
 import copy
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -166,6 +167,24 @@ def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny, met
     assert all(torch.equal(a, b) for a, b in zip(packed.state_dict().values(), widened.state_dict().values()) if isinstance(a, torch.Tensor))
     pairs = [(a, b) for a, b in zip(packed.modules(), widened.modules()) if isinstance(a, (quantize.Float16Linear, nnqd.Linear))]
     assert len(pairs) == 53 and all(x.dtype == y.dtype and torch.equal(x, y) for a, b in pairs for x, y in zip(_packed(a), _packed(b), strict=True))
+
+
+def test_a_load_lets_go_of_each_module_it_replaces_at_once(tiny):
+    """The heap a model's load takes peaks at one copy of its weights, not two: each module replaced is freed before
+    the next is made, and the decoder's blocks as they are rebuilt."""
+    model, made = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))), []
+
+    def make(linear):
+        assert all(ref() is None for ref in made)
+        made.append(weakref.ref(linear))
+        return nn.Identity()
+
+    quantize.replace_linears(model, make)
+    assert len(made) == 3 and all(ref() is None for ref in made)
+    source = copy.deepcopy(tiny.decoder)
+    blocks = [weakref.ref(b) for b in source.blocks]
+    decoder = decoding.FastTextDecoder(source)
+    assert len(decoder.layers) == 4 and all(ref() is None for ref in blocks)
 
 
 @pytest.mark.parametrize("qconfig", [torch.ao.quantization.default_dynamic_qconfig, torch.ao.quantization.per_channel_dynamic_qconfig])

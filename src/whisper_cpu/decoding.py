@@ -134,14 +134,20 @@ class Cache:
 
 
 class FastTextDecoder(nn.Module):
-    """whisper's TextDecoder rebuilt from its weights for `decode`; `forward` keeps the usual signature."""
+    """whisper's TextDecoder rebuilt from its weights for `decode`; `forward` keeps the usual signature.
+
+    `decoder`'s blocks are taken from it as they are rebuilt, each let go once its weights are copied, so a model
+    being loaded never holds two decoders (medium's are 0.8 GB in float16)."""
 
     def __init__(self, decoder: TextDecoder):
         super().__init__()
         self.token_embedding = decoder.token_embedding
         self.positional_embedding = decoder.positional_embedding
         self.n_ctx = decoder.positional_embedding.shape[0]
-        self.layers = nn.ModuleList(Layer(block) for block in decoder.blocks)
+        self.layers = nn.ModuleList()
+        for i, block in enumerate(decoder.blocks):
+            self.layers.append(Layer(block))
+            decoder.blocks[i] = nn.Identity()
         self.ln = _norm(decoder.ln)
         self.projection = nn.Linear(*decoder.token_embedding.weight.shape[::-1], bias=False, device="meta")  # its weight is the embedding's
         self.projection.weight = decoder.token_embedding.weight

@@ -15,6 +15,8 @@ from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 from whisper.model import Linear, TextDecoder, Whisper
 
+from .models import release_freed
+
 
 def to_nn_linear(model: Whisper) -> Whisper:
     """Replace every whisper `Linear` by a plain `nn.Linear` sharing its parameters (the original's fork)."""
@@ -173,10 +175,13 @@ class CastLinear(nn.Module):
 
 
 def replace_linears(model: nn.Module, make: Callable[[nn.Module], nn.Module], kind: type = nn.Linear) -> nn.Module:
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is kind:
-                setattr(module, name, make(child))
+    """Every `kind` module of the model replaced by `make` of it, one at a time: only where each sits is held, so the
+    module replaced is let go at once and its heap returned (packed weights are laid out otherwise than the ones
+    freed, so glibc would keep both: medium's fp16 packing peaked at 3.2 GB instead of 2.1)."""
+    places = [(module, name) for module in model.modules() for name, child in module.named_children() if type(child) is kind]
+    for module, name in places:
+        setattr(module, name, make(getattr(module, name)))
+        release_freed()
     return model
 
 
