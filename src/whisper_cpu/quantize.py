@@ -176,8 +176,8 @@ class CastLinear(nn.Module):
 
 def replace_linears(model: nn.Module, make: Callable[[nn.Module], nn.Module], kind: type = nn.Linear) -> nn.Module:
     """Every `kind` module of the model replaced by `make` of it, one at a time: only where each sits is held, so the
-    module replaced is let go at once and its heap returned (packed weights are laid out otherwise than the ones
-    freed, so glibc would keep both: medium's fp16 packing peaked at 3.2 GB instead of 2.1)."""
+    module replaced is let go at once and its heap returned: packed weights are laid out otherwise than the ones
+    freed, so glibc would otherwise keep both until the end."""
     places = [(module, name) for module in model.modules() for name, child in module.named_children() if type(child) is kind]
     for module, name in places:
         setattr(module, name, make(getattr(module, name)))
