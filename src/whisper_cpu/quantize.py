@@ -20,13 +20,12 @@ from .models import release_freed
 
 def to_nn_linear(model: Whisper) -> Whisper:
     """Replace every whisper `Linear` by a plain `nn.Linear` sharing its parameters (the original's fork)."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is Linear:
-                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                plain.weight, plain.bias = child.weight, child.bias
-                setattr(module, name, plain)
-    return model
+    def plain(child: Linear) -> nn.Linear:
+        linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")  # no weights of its own
+        linear.weight, linear.bias = child.weight, child.bias
+        return linear
+
+    return replace_linears(model, plain, Linear)
 
 
 def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None = None) -> Whisper:
