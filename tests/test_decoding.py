@@ -169,6 +169,17 @@ def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny, met
     assert len(pairs) == 53 and all(x.dtype == y.dtype and torch.equal(x, y) for a, b in pairs for x, y in zip(_packed(a), _packed(b), strict=True))
 
 
+@pytest.mark.parametrize("method", ["fast-fp16w", "fast-qint8-pc", "fast-fp32"])
+def test_the_embedding_is_kept_in_float16_only_where_the_projection_has_its_own_copy(tiny, method):
+    model = registry.get(method).prepare(copy.deepcopy(tiny))
+    embedding, every = model.decoder.token_embedding, torch.arange(tiny.dims.n_vocab)[None]
+    assert torch.equal(embedding(every)[0], tiny.decoder.token_embedding.weight)  # every row exactly fp32's
+    if method == "fast-fp32":  # its projection multiplies by the embedding's own weight, in fp32
+        assert model.decoder.projection.weight is embedding.weight and embedding.weight.dtype == torch.float32
+    else:
+        assert sum(t.nbytes for t in embedding.buffers()) == tiny.decoder.token_embedding.weight.nbytes // 2
+
+
 def test_a_load_lets_go_of_each_module_it_replaces_at_once(tiny):
     """The heap a model's load takes peaks at one copy of its weights, not two: each module replaced is freed before
     the next is made, and the decoder's blocks as they are rebuilt."""

@@ -41,7 +41,7 @@ def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None =
         replace_linears(getattr(model, name), lambda linear: _dynamic_int8(linear, qconfig))
     if hasattr(model.decoder, "layers"):  # our fast decoder decodes windows in batches: keep its rows independent
         replace_linears(model.decoder, RowScaledLinear, nnqd.Linear)
-    return model.float()
+    return _half_embedding(model).float()
 
 
 def _dynamic_int8(linear: nn.Linear, qconfig) -> nnqd.Linear:
@@ -85,7 +85,31 @@ def quantize_fp16(model: Whisper, parts: tuple[str, ...] = ("encoder", "decoder"
     model = to_nn_linear(model)
     for name in parts:
         replace_linears(getattr(model, name), Float16Linear)
-    return model.float()
+    return _half_embedding(model).float()
+
+
+class HalfEmbedding(nn.Module):
+    """The token embedding kept in float16, as the checkpoints ship it, each row looked up and then widened: exactly
+    fp32's rows at half the memory (53 MB saved for base, 106 for medium). Held as the float16's bits in int16, so
+    that the model's `.float()` cannot widen it back."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.weight.shape
+        self.register_buffer("bits", embedding.weight.detach().half().view(torch.int16))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.bits.view(torch.float16)).float()
+
+
+def _half_embedding(model: Whisper) -> Whisper:
+    """Our fast decoder's embedding in float16 once its vocabulary projection holds a packed copy of its own (fp32's
+    projection shares the embedding's weight, so it stays). Every checkpoint is float16, so nothing is rounded."""
+    decoder = model.decoder
+    if hasattr(decoder, "projection") and type(decoder.projection) is not nn.Linear and type(decoder.token_embedding) is nn.Embedding:
+        decoder.token_embedding = HalfEmbedding(decoder.token_embedding)
+        release_freed()
+    return model
 
 
 def bf16_encoder(model: Whisper) -> Whisper:
