@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 import warnings
 import weakref
 
@@ -167,6 +169,27 @@ def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny, met
     assert all(torch.equal(a, b) for a, b in zip(packed.state_dict().values(), widened.state_dict().values()) if isinstance(a, torch.Tensor))
     pairs = [(a, b) for a, b in zip(packed.modules(), widened.modules()) if isinstance(a, (quantize.Float16Linear, nnqd.Linear))]
     assert len(pairs) == 53 and all(x.dtype == y.dtype and torch.equal(x, y) for a, b in pairs for x, y in zip(_packed(a), _packed(b), strict=True))
+
+
+REBUILD = """
+import re, torch
+from whisper_cpu import decoding, models
+rss = lambda: int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+model = models.load_model("tiny.en", lean=True)
+blocks = sum(p.nbytes for p in model.decoder.blocks.parameters())
+before = rss()
+decoding.fast(model)
+print(rss() - before, blocks)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the resident size from /proc")
+def test_rebuilding_the_decoder_makes_no_second_copy_of_its_weights():
+    """A single Linear keeps its tensors, several are joined in one copy, and each block's heap is returned before the
+    next block is copied: the decoder's rebuild leaves the resident size where it was (it grew by most of the blocks'
+    bytes when each weight was copied twice and the freed heap kept)."""
+    grown, blocks = map(int, subprocess.run([sys.executable, "-c", REBUILD], capture_output=True, text=True, check=True).stdout.split())
+    assert grown < blocks / 4, f"{grown / 2**20:.1f} MB more after rebuilding {blocks / 2**20:.1f} MB of blocks"
 
 
 @pytest.mark.parametrize("method", ["fast-fp16w", "fast-qint8-pc", "fast-fp32"])

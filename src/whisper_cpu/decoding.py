@@ -25,15 +25,21 @@ from torch import Tensor, nn
 from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, DecodingTask, GreedyDecoder, Inference, SuppressTokens
 from whisper.model import TextDecoder, Whisper
 
+from .models import release_freed
+
 
 def _fused(*linears: nn.Module) -> nn.Linear:
-    """One nn.Linear computing several of whisper's Linears side by side (a missing bias counts as zero)."""
-    weight = torch.cat([l.weight.detach() for l in linears])
-    fused = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        fused.bias.copy_(torch.cat([l.bias.detach() if l.bias is not None else weight.new_zeros(l.out_features) for l in linears]))
-    return fused.requires_grad_(False)
+    """One nn.Linear computing several of whisper's Linears side by side (a missing bias counts as zero). A single
+    Linear keeps its own tensors and several are joined in one copy, so that a model being loaded holds no more
+    than the block being rebuilt twice."""
+    def joined(tensors: list[Tensor]) -> nn.Parameter:
+        return nn.Parameter(tensors[0] if len(tensors) == 1 else torch.cat(tensors), requires_grad=False)
+
+    weights = [l.weight.detach() for l in linears]
+    fused = nn.Linear(weights[0].shape[1], sum(w.shape[0] for w in weights), device="meta")  # no weights of its own
+    fused.weight = joined(weights)
+    fused.bias = joined([l.bias.detach() if l.bias is not None else weights[0].new_zeros(l.out_features) for l in linears])
+    return fused
 
 
 def _norm(ln: nn.LayerNorm) -> nn.LayerNorm:
@@ -148,6 +154,7 @@ class FastTextDecoder(nn.Module):
         for i, block in enumerate(decoder.blocks):
             self.layers.append(Layer(block))
             decoder.blocks[i] = nn.Identity()
+            release_freed()  # the block's heap, before the next block's copies are made
         self.ln = _norm(decoder.ln)
         self.projection = nn.Linear(*decoder.token_embedding.weight.shape[::-1], bias=False, device="meta")  # its weight is the embedding's
         self.projection.weight = decoder.token_embedding.weight
