@@ -172,7 +172,7 @@ def test_a_lean_load_packs_the_checkpoints_weights_into_the_same_model(tiny, met
 
 
 REBUILD = """
-import re, torch
+import re
 from whisper_cpu import decoding, models
 rss = lambda: int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
 model = models.load_model("tiny.en", lean=True)
