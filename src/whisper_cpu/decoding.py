@@ -30,8 +30,8 @@ from .models import release_freed
 
 def _fused(*linears: nn.Module) -> nn.Linear:
     """One nn.Linear computing several of whisper's Linears side by side (a missing bias counts as zero). A single
-    Linear keeps its own tensors and several are joined in one copy, so that a model being loaded holds no more
-    than the block being rebuilt twice."""
+    Linear keeps its own tensors and several are joined in one copy, so that of the block being rebuilt a model being
+    loaded holds at most two copies, never three."""
     def joined(tensors: list[Tensor]) -> nn.Parameter:
         return nn.Parameter(tensors[0] if len(tensors) == 1 else torch.cat(tensors), requires_grad=False)
 

@@ -95,7 +95,6 @@ class HalfEmbedding(nn.Module):
 
     def __init__(self, embedding: nn.Embedding):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = embedding.weight.shape
         self.register_buffer("bits", embedding.weight.detach().half().view(torch.int16))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
