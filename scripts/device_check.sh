@@ -7,6 +7,8 @@
 #   here:  scripts/device_check.sh prepare_batched   (.dev plus CTranslate2, faster-whisper, tiny.en, the English clips,
 #                                                     as one tar cut into .devA .devB .devC, each under a call's limit)
 #   there: three calls on one warm machine, carrying .devA, then .devB, then .devC with `run_batched`
+# The per-CPU paths (bfloat16 where AMX / AVX-512-BF16, 8-bit activations where VNNI) on that Xeon at 2 threads, from the
+# same bundle: `run_cpu_paths` in place of `run_batched` (their tests, the window, then the long recordings batched)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,12 +71,26 @@ EOF
     du -sh .devA .devB .devC
 }
 
-run_batched() {  # tiny.en, ours and faster-whisper batched int8, at the thread counts the harness scales through
+unbundle() {
     mkdir -p /tmp/dev && cat .devA/part .devB/part .devC/part | tar xf - -C /tmp/dev || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/dev/whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:/tmp/dev/site:$PWD/src PYTHONUNBUFFERED=1 AUDIO_MIRROR=/tmp/dev/audio \
         WHISPER_CPU_RESULTS=/tmp/results WHISPER_CPU_MODELS=/tmp/dev/models WHISPER_CPU_GIT_COMMIT=$(cat /tmp/dev/commit)
     lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core|Socket|Flags" > "$OUT/machine.txt"
+}
+
+run_cpu_paths() {  # tiny.en at 2 threads, as the project's hosts run: each per-CPU path beside the path it would replace
+    unbundle
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "bfloat16 or full_range or word_timestamp" 2>&1 | tail -4 | tee "$OUT/pytest.txt"
+    timeout 150 python3 -m whisper_cpu bench --models tiny.en --threads 2 --repeats 3 --methods fast-qint8-pc fast-qint8-vnni fast-bf16enc \
+        faster-whisper-int8 2>&1 | grep -v "/s\]" | tail -12
+    timeout "${BENCH_S:-300}" python3 -m whisper_cpu bench --batched --models tiny.en --threads 2 --repeats 1 --batch-sizes 8 --methods \
+        fast-qint8-pc-batched fast-qint8-vnni-batched fast-fp16w-batched fast-bf16-batched faster-whisper-int8-batched 2>&1 | grep -v "/s\]" | tail -30
+    tar czf "$OUT/results.tgz" -C /tmp results
+}
+
+run_batched() {  # tiny.en, ours and faster-whisper batched int8, at the thread counts the harness scales through
+    unbundle
     timeout "${BENCH_S:-420}" python3 -m whisper_cpu bench --batched --models tiny.en --methods fast-qint8-pc-batched \
         faster-whisper-int8-batched --repeats 2 --batch-sizes 4 8 16 2>&1 | grep -v "/s\]" | tail -30
     tar czf "$OUT/results.tgz" -C /tmp results

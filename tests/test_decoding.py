@@ -14,7 +14,7 @@ from whisper.decoding import ApplyTimestampRules
 from whisper.tokenizer import get_tokenizer
 
 from torch.ao.nn.quantized import dynamic as nnqd
-from whisper_cpu import audio, decoding, models, quantize, registry, runner
+from whisper_cpu import audio, decoding, machine, models, quantize, registry, runner
 from whisper_cpu.runner import DecodeOptions
 from whisper_cpu.bench import inputs, peak, results
 
@@ -150,6 +150,42 @@ def test_fp16_weights_are_the_checkpoints_own_and_keep_its_words(tiny, clips, mi
         assert packed.decode(mel, options)[0].tokens == exact.decode(mel, options)[0].tokens
 
 
+def test_audio_keys_in_bfloat16_take_half_the_bytes_and_keep_the_words(tiny, clips, mirror):
+    """bfloat16 is multiplied natively only on AMX / AVX-512-BF16 CPUs, but computed everywhere: its numbers are checked here."""
+    exact, half = decoding.fast(copy.deepcopy(tiny)), quantize.bf16_audio(decoding.fast(copy.deepcopy(tiny)))
+    mel = mel_of(inputs.locate(clips["coqui_LJ001-0007"]), tiny)[None]
+    tokens = torch.tensor([list(get_tokenizer(False).sot_sequence_including_notimestamps) + [440]])
+    with torch.inference_mode():
+        features = exact.encoder(mel)
+        full, low = (decoding.Cache(m.decoder, features, 1) for m in (exact, half))
+        assert all(k.dtype == v.dtype == torch.bfloat16 for k, v in low.cross)
+        assert 2 * sum(t.nbytes for kv in low.cross for t in kv) == sum(t.nbytes for kv in full.cross for t in kv)
+        expected, got = (m.decoder.step(tokens, cache, [-1]) for m, cache in ((exact, full), (half, low)))
+        assert got.dtype == torch.float32 and 0 < (got - expected).abs().max() < 0.02 * expected.abs().max()
+        options = whisper.DecodingOptions(language="en", fp16=False)
+        assert half.decode(mel, options)[0].tokens == exact.decode(mel, options)[0].tokens
+
+
+def test_full_range_int8_activations_are_offered_only_where_vnni_sums_them_in_32_bits():
+    """8-bit activations halve the rounding where the CPU sums u8 x s8 products in 32 bits (VNNI); where it adds
+    pairs in 16 bits (AVX2, AVX-512 without VNNI), rows centred on zero overflow them, which is why torch.ao asks for
+    7 bits everywhere and why `fast-qint8-vnni` is not offered on such a CPU."""
+    torch.manual_seed(0)
+    linear, x = nn.Linear(512, 2048), torch.randn(8, 512)  # zero-centred rows, as a LayerNorm leaves them
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    reduced, full = (quantize._dynamic_int8(copy.deepcopy(linear), qconfig, kind) for kind in (nnqd.Linear, quantize.FullRangeLinear))
+    with torch.inference_mode():
+        exact = linear(x)
+        error = {name: ((m(x) - exact).norm() / exact.norm()).item() for name, m in (("reduced", reduced), ("full", full))}
+    if "avx512_vnni" in machine.flags():
+        assert registry.get("fast-qint8-vnni").unavailable() is None and error["full"] < 0.85 * error["reduced"], error
+    else:
+        assert registry.get("fast-qint8-vnni").unavailable() == "needs a CPU with avx512_vnni" and error["full"] > 3 * error["reduced"], error
+    model = registry.get("fast-qint8-vnni").prepare(copy.deepcopy(models.load_model("tiny.en")))
+    products = [m for m in model.modules() if isinstance(m, nnqd.Linear)]
+    assert len(products) == 4 * 6 + 4 * 7 + 1 and all(type(m) is quantize.FullRangeLinear for m in products)  # the rows' inner ones too
+
+
 def _packed(module: nn.Module) -> list[torch.Tensor]:
     """What a packed product multiplies by: its weights (int8 values and scales where quantized) and bias."""
     if isinstance(module, quantize.Float16Linear):
@@ -263,7 +299,7 @@ def test_fast_decoder_creates_every_tensor_on_its_inputs_device(tiny):
     assert logits.device.type == "meta" and logits.shape == (2, tiny.dims.n_vocab)
 
 
-@pytest.mark.parametrize("name", ["fast-fp32", "fast-qint8-pc", "fast-fp16w"])
+@pytest.mark.parametrize("name", ["fast-fp32", "fast-qint8-pc", "fast-fp16w", "fast-bf16-batched"])
 def test_fast_methods_pass_openai_whispers_word_timestamp_test(name, tiny, clips, mirror):
     """openai-whisper's tests/test_transcribe.py on the same jfk clip, through the fast decoder."""
     model = registry.get(name).prepare(copy.deepcopy(tiny))
@@ -274,7 +310,7 @@ def test_fast_methods_pass_openai_whispers_word_timestamp_test(name, tiny, clips
     assert all(w["start"] < w["end"] for w in words)
     americans = [w for w in words if w["word"].strip(" ,") == "Americans"]
     assert americans and americans[0]["start"] <= 1.8 <= americans[0]["end"]
-    if name != "fast-qint8-pc":  # the same weights: openai-whisper's own word timings
+    if name in ("fast-fp32", "fast-fp16w"):  # the same weights and fp32 activations: openai-whisper's own word timings
         expected = [w for s in tiny.transcribe(samples, language="en", temperature=0.0, word_timestamps=True, fp16=False)["segments"] for w in s["words"]]
         assert [w["word"] for w in words] == [w["word"] for w in expected]
         assert max(abs(a[k] - b[k]) for a, b in zip(words, expected) for k in ("start", "end")) <= 0.02

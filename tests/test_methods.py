@@ -81,10 +81,10 @@ def test_qint8_logits_also_quantizes_the_vocabulary_projection(tiny):
     assert model.decoder.token_embedding.weight.dtype == torch.float32  # the embedding lookup stays exact
 
 
-@pytest.mark.parametrize("name", ["qint8-logits", "fast-fp32", "fast-qint8", "fast-qint8-pc", "fast-qint8-dec", "fast-fp16w", "fast-bf16enc", "bf16", "torchao-int8wo", "torchao-int4wo", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0"])
+@pytest.mark.parametrize("name", ["qint8-logits", "fast-fp32", "fast-qint8", "fast-qint8-pc", "fast-qint8-dec", "fast-fp16w", "fast-bf16enc", "fast-bf16-batched", "fast-qint8-vnni", "bf16", "torchao-int8wo", "torchao-int4wo", "faster-whisper-fp32", "faster-whisper-int8", "whisper.cpp-q8_0"])
 def test_every_method_transcribes_real_speech(name, clips, mirror):
     method = registry.get(name)
-    if (why := method.unavailable()) and not why.startswith("needs a CPU with"):
+    if (why := method.unavailable()) and not (method.arithmetic == "bf16" and why.startswith("needs a CPU with")):
         pytest.skip(why)
     # a CPU without native bf16 emulates it: such a method is not offered or timed here, but its words are checked
     runner = method.load("tiny.en", 1)

@@ -75,7 +75,7 @@ class AlignmentTap(nn.Module):
     loop pays nothing."""
 
     def forward(self, scores: Tensor) -> tuple[None, Tensor]:
-        return None, scores
+        return None, scores.float()  # audio keys kept in bfloat16 give bfloat16 scores; the alignment works in fp32
 
 
 class Layer(nn.Module):
@@ -91,6 +91,7 @@ class Layer(nn.Module):
         self.cross_q, self.cross_kv, self.cross_out = _fused(cross.query), _fused(cross.key, cross.value), _fused(cross.out)
         self.fc1, self.fc2 = _fused(block.mlp[0]), _fused(block.mlp[2])
         self.cross_attn = AlignmentTap()
+        self.cross_dtype: torch.dtype | None = None  # the audio's keys and values in another dtype (`quantize.bf16_audio`)
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, offset: int, cross_k: Tensor, cross_v: Tensor, tap: bool = False) -> Tensor:
         """keys/values: this layer's cache, (batch, head, context, state per head), filled up to `offset`."""
@@ -108,12 +109,13 @@ class Layer(nn.Module):
         (With one row per window, as on full passes, the scores are (batch, head, token, frame), as whisper's.)"""
         windows, (batch, length, state) = keys_t.shape[0], q.shape
         q = q.view(windows, batch // windows * length, self.n_head, -1).transpose(1, 2)
-        return _attend(q, keys_t, values, tap=tap).reshape(batch, length, state)
+        return _attend(q.to(keys_t.dtype), keys_t, values, tap=tap).reshape(batch, length, state).to(q.dtype)
 
     def audio(self, audio_features: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys (transposed, scaled) and values of the window, computed once."""
+        """Cross-attention keys (transposed, scaled) and values of the window, computed once, in `cross_dtype` where set."""
         k, v = (_heads(t, self.n_head) for t in self.cross_kv(audio_features).chunk(2, dim=-1))
-        return (k * self.scale).transpose(-1, -2).contiguous(), v.contiguous()
+        dtype = self.cross_dtype or audio_features.dtype
+        return (k * self.scale).transpose(-1, -2).to(dtype).contiguous(), v.to(dtype).contiguous()
 
 
 class Cache:

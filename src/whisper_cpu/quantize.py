@@ -28,23 +28,25 @@ def to_nn_linear(model: Whisper) -> Whisper:
     return replace_linears(model, plain, Linear)
 
 
-def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None = None) -> Whisper:
+def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None = None, full_range: bool = False) -> Whisper:
     """Dynamic int8 for every nn.Linear of the model (or of one `part`, "encoder" or "decoder"): weights int8,
     activations quantized per call. The original's method has one weight scale per tensor; `per_channel`
-    gives every output row its own, as CTranslate2 does, so one large row no longer coarsens all the others.
+    gives every output row its own, as CTranslate2 does, so one large row no longer coarsens all the others;
+    `full_range`: activations on 8 bits, not 7 (`FullRangeLinear`: VNNI CPUs only).
 
     Module by module, as `torch.ao.quantization.quantize_dynamic` converts them, each from its weights in fp32: a
     model loaded `lean` (float16 as stored) is quantized without an fp32 copy of the whole model ever made."""
     qconfig = torch.ao.quantization.per_channel_dynamic_qconfig if per_channel else torch.ao.quantization.default_dynamic_qconfig
+    kind = FullRangeLinear if full_range else nnqd.Linear
     model = to_nn_linear(model)
     for name in ("encoder", "decoder") if part is None else (part,):
-        replace_linears(getattr(model, name), lambda linear: _dynamic_int8(linear, qconfig))
+        replace_linears(getattr(model, name), lambda linear: _dynamic_int8(linear, qconfig, kind))
     if hasattr(model.decoder, "layers"):  # our fast decoder decodes windows in batches: keep its rows independent
-        replace_linears(model.decoder, RowScaledLinear, nnqd.Linear)
+        replace_linears(model.decoder, RowScaledLinear, kind)
     return _half_embedding(model).float()
 
 
-def _dynamic_int8(linear: nn.Linear, qconfig) -> nnqd.Linear:
+def _dynamic_int8(linear: nn.Linear, qconfig, kind: type = nnqd.Linear) -> nnqd.Linear:
     """torch.ao's dynamic int8 Linear of `linear`, as `quantize_dynamic` converts it. A float16 weight is observed
     and rounded in fp32 by torch.ao itself; a float16 bias would be kept as it is, which the product then refuses."""
     linear.qconfig = qconfig
@@ -52,7 +54,19 @@ def _dynamic_int8(linear: nn.Linear, qconfig) -> nnqd.Linear:
         linear.bias = nn.Parameter(linear.bias.detach().float(), requires_grad=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated")  # torch.ao eager quantization: deprecated, still shipped
-        return nnqd.Linear.from_float(linear)
+        return kind.from_float(linear)
+
+
+class FullRangeLinear(nnqd.Linear):
+    """torch.ao's dynamic int8 Linear with its activations quantized on all 8 bits instead of 7.
+
+    torch.ao always asks fbgemm for `reduce_range`, because on AVX2 (and AVX-512 without VNNI) its kernel adds
+    pairs of u8 x s8 products in 16 bits, which full-range activations overflow: there the error of a product of
+    zero-centred rows grows several times (the tests measure it). VNNI's instruction sums into 32 bits, so on such
+    CPUs the eighth bit halves the activations' rounding instead."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
 
 
 class Float16Linear(nn.Module):
@@ -119,6 +133,15 @@ def bf16_encoder(model: Whisper) -> Whisper:
     return model
 
 
+def bf16_audio(model: Whisper) -> Whisper:
+    """The fast decoder's cross-attention keys and values of each window kept and multiplied in bfloat16. A batched
+    decoder step mostly reads them (float32 over 1500 frames in every layer), so on CPUs that multiply bfloat16
+    natively half the bytes is most of a step's time; on AVX2 bfloat16 is converted in software and is slower."""
+    for layer in model.decoder.layers:
+        layer.cross_dtype = torch.bfloat16
+    return model
+
+
 class RowScaledLinear(nn.Module):
     """A dynamic int8 Linear whose input rows are quantized each on its own range, not on the batch's.
 
@@ -133,7 +156,7 @@ class RowScaledLinear(nn.Module):
     def __init__(self, linear: "nnqd.Linear"):
         super().__init__()
         weight, bias = linear.weight(), linear.bias()
-        self.inner = nnqd.Linear(linear.in_features, linear.out_features, bias_=False, dtype=torch.qint8)
+        self.inner = type(linear)(linear.in_features, linear.out_features, bias_=False, dtype=torch.qint8)  # full range kept
         self.inner.set_weight_bias(weight, None)
         self.register_buffer("bias", bias if bias is not None else torch.zeros(linear.out_features))
         self.register_buffer("pins", torch.tensor([[1.0, -1.0] + [0.0] * (linear.in_features - 2)]))

@@ -86,6 +86,10 @@ def _no_bf16() -> str | None:
     return machine.cpu_has("avx512_bf16", "amx_bf16")
 
 
+def _no_vnni() -> str | None:
+    return machine.cpu_has("avx512_vnni")
+
+
 def _no_fbgemm() -> str | None:
     return None if "fbgemm" in torch.backends.quantized.supported_engines else "torch's fbgemm engine (x86 CPUs) is not in this build"
 
@@ -130,6 +134,9 @@ for _entry in [
     torch_method("fast-qint8-pc", "fast-qint8 with one int8 scale per output row of every weight (per channel, as CTranslate2), not per tensor",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True), arithmetic="int8",
                  guarded=True, lean=True, tags=frozenset({SCALING, BEAM, LONGFORM, SIZES})),
+    torch_method("fast-qint8-vnni", "fast-qint8-pc with activations on 8 bits, not 7: VNNI sums int8 products in 32 bits, where AVX2's 16 overflow",
+                 lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, full_range=True), unavailable=_no_vnni,
+                 arithmetic="int8", guarded=True, lean=True, tags=frozenset({SCALING, LONGFORM})),
     torch_method("fast-qint8-dec", "the fast decoder's products in per-channel dynamic int8, the encoder kept in fp32",
                  lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, part="decoder"), arithmetic="int8",
                  guarded=True, lean=True, tags=frozenset({LONGFORM})),
@@ -147,6 +154,12 @@ for _entry in [
     torch_method("fast-fp16w-batched", "fast-fp16w on the batched pipeline: no activation is rounded, so a row's words never depend on the batch",
                  lambda model: quantize.quantize_fp16(decoding.fast(model)), unavailable=_no_fbgemm, lean=True,
                  tags=frozenset({BATCHED, SWEPT, LONGFORM})),
+    torch_method("fast-qint8-vnni-batched", "fast-qint8-vnni on the batched pipeline, each batch row's activations on 8 bits of its own scale",
+                 lambda model: quantize.quantize_qint8(decoding.fast(model), per_channel=True, full_range=True), unavailable=_no_vnni,
+                 arithmetic="int8", lean=True, tags=frozenset({BATCHED, SWEPT, LONGFORM})),
+    torch_method("fast-bf16-batched", "fast-fp16w-batched with the encoder's products and the audio's keys and values in bfloat16, native on AMX and AVX-512-BF16 CPUs",
+                 lambda model: quantize.bf16_audio(quantize.bf16_encoder(decoding.fast(model))), unavailable=lambda: _no_bf16() or _no_fbgemm(),
+                 lean=True, arithmetic="bf16", tags=frozenset({BATCHED, SWEPT, LONGFORM})),
     torch_method("fp32-gpu", "the original's GPU column: openai-whisper float32 on CUDA (only where CUDA exists)", lambda model: model,
                  device="cuda", unavailable=_no_cuda, tags=frozenset({BENCH, SIZES}), original=("gpu", "fp32", "Linear")),
     torch_method("fp16-gpu", "openai-whisper on CUDA as it runs there by default: float32 weights, float16 activations", lambda model: model,
