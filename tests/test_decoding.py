@@ -166,7 +166,7 @@ def test_audio_keys_in_bfloat16_take_half_the_bytes_and_keep_the_words(tiny, cli
         assert half.decode(mel, options)[0].tokens == exact.decode(mel, options)[0].tokens
 
 
-def test_full_range_int8_activations_are_offered_only_where_vnni_sums_them_in_32_bits():
+def test_full_range_int8_activations_are_offered_only_where_vnni_sums_them_in_32_bits(tiny):
     """8-bit activations halve the rounding where the CPU sums u8 x s8 products in 32 bits (VNNI); where it adds
     pairs in 16 bits (AVX2, AVX-512 without VNNI), rows centred on zero overflow them, which is why torch.ao asks for
     7 bits everywhere and why `fast-qint8-vnni` is not offered on such a CPU."""
@@ -181,7 +181,7 @@ def test_full_range_int8_activations_are_offered_only_where_vnni_sums_them_in_32
         assert registry.get("fast-qint8-vnni").unavailable() is None and error["full"] < 0.85 * error["reduced"], error
     else:
         assert registry.get("fast-qint8-vnni").unavailable() == "needs a CPU with avx512_vnni" and error["full"] > 3 * error["reduced"], error
-    model = registry.get("fast-qint8-vnni").prepare(copy.deepcopy(models.load_model("tiny.en")))
+    model = registry.get("fast-qint8-vnni").prepare(copy.deepcopy(tiny))
     products = [m for m in model.modules() if isinstance(m, nnqd.Linear)]
     assert len(products) == 4 * 6 + 4 * 7 + 1 and all(type(m) is quantize.FullRangeLinear for m in products)  # the rows' inner ones too
 
