@@ -121,6 +121,21 @@ def test_segments_take_openai_whispers_timestamps_offset_by_the_window():
     assert {s["seek"] for s in found} == {40 * 100} and {s["temperature"] for s in found} == {0.2}
 
 
+@pytest.mark.parametrize("search", [{"beam_size": 2}, {"temperature": 0.6, "best_of": 2}])
+def test_a_batch_of_windows_decodes_with_beams_or_best_of(tiny, fast_tiny, clips, mirror, search):
+    """openai-whisper's `run` reads one audio row per beam or sample after its loop: a batch of windows with
+    `--beam_size` or `--best_of` failed its assertion (a traceback from every batched method)."""
+    options = whisper.DecodingOptions(language="en", fp16=False, **search)
+    mels = torch.stack([w.mel for w in windows_of(fast_tiny, clips, CLIPS[:3])])
+    together = fast_tiny.decode(mels, options)
+    assert len(together) == 3 and all(r.text for r in together)
+    if "beam_size" in search:
+        assert [r.tokens for r in together] == [tiny.decode(mel, options).tokens for mel in mels]
+    paths = [inputs.locate(clips[name]) for name in CLIPS[:3]]
+    out = list(pipeline.BatchedRunner(fast_tiny, [], batch_size=3).many(paths, DecodeOptions(language="en", **{k: v for k, v in search.items() if k != "temperature"})))
+    assert [source for source, _ in out] == paths and all(t.text for _, t in out)
+
+
 def test_many_files_come_out_whole_in_order_and_bad_ones_alone(fast_tiny, clips, mirror, tmp_path):
     good = [inputs.locate(clips[n]) for n in ("whisper_jfk", "deepspeech_LDC93S1", "coqui_LJ001-0007")]
     (tmp_path / "broken.wav").write_bytes(b"not audio")

@@ -261,10 +261,21 @@ class FastDecodingTask(DecodingTask):
             self.decoder.inference = self.inference
         self.logit_filters = [_faster(rule) for rule in self.logit_filters]
 
+    def _get_audio_features(self, mel: Tensor) -> Tensor:
+        """One row per beam or sample, as openai-whisper's `run` reads them after its loop (every `n_group`-th: with
+        one row per window, a batch of windows with beams or best-of failed its assertion); the decoder is given one
+        per window, which its beams share (`_main_loop`)."""
+        features = super()._get_audio_features(mel)
+        return features.repeat_interleave(self.n_group, dim=0) if self.n_group > 1 else features
+
+    def _detect_language(self, audio_features: Tensor, tokens: Tensor):
+        return super()._detect_language(audio_features[:: self.n_group], tokens)
+
     def _main_loop(self, audio_features: Tensor, tokens: Tensor):
         """openai-whisper's loop; with one row per window, rows that ended their text leave the batch (and the cache)
         once a quarter of it has ended, instead of being decoded on, and come back padded with end-of-text as its
         greedy decoder leaves them."""
+        audio_features = audio_features[:: self.n_group]  # one row per window (`Cache.cross`)
         sum_logprobs = torch.zeros(tokens.shape[0], device=audio_features.device)
         no_speech_probs = [np.nan] * tokens.shape[0]
         shrink = isinstance(self.decoder, GreedyDecoder) and self.n_group == 1 and tokens.shape[0] > 1
