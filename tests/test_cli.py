@@ -6,11 +6,12 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from whisper_cpu import machine, models, pipeline, transcribe, workspace
+from whisper_cpu import UserError, machine, models, pipeline, runner, transcribe, workspace
 from whisper_cpu.cli import main
 from whisper_cpu.runner import DecodeOptions
 from whisper_cpu.bench import harness, inputs, publish, results, scaleout
@@ -135,6 +136,46 @@ def test_what_a_cpu_cannot_do_is_refused_in_one_line_and_fp16_falls_back_as_in_o
         assert err.startswith(f"whisper-cpu: error: {message}") and err.count("\n") == 1
     assert transcribe_options(monkeypatch, "--fp16", "True").decoding == DecodeOptions()
     assert capsys.readouterr().err == "whisper-cpu: note: --fp16 True: FP16 is not supported on CPU; using FP32 instead, as openai-whisper does\n"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--beam_size", "0"), "--beam_size 0: must be at least 1"),
+    (("--best_of", "-2", "--temperature", "0.5"), "--best_of -2: must be at least 1"),
+    (("--beam_size", "2", "--patience", "-1"), "--patience -1.0: must be above 0"),
+    (("--beam_size", "2", "--length_penalty", "5"), "--length_penalty 5.0: must be between 0 and 1"),
+    (("--temperature", "-1"), "--temperature -1.0: must be 0 or above"),
+    (("--temperature", "nan"), "--temperature nan: must be 0 or above"),
+    (("--temperature_increment_on_fallback", "-0.2"), "--temperature_increment_on_fallback -0.2: 0 (no fallback) or above"),
+    (("--suppress_tokens", "abc"), "--suppress_tokens 'abc': token ids separated by commas, such as -1,1350"),
+    (("--clip_timestamps", "abc"), "--clip_timestamps 'abc': start,end,... in seconds, such as 0,30,60"),
+    (("--clip_timestamps", "5,4"), "--clip_timestamps '5,4': seconds from 0, in increasing order"),
+])
+def test_values_openai_whisper_fails_or_loops_on_are_refused_in_one_line_before_the_model_loads(flags, message, monkeypatch, capsys):
+    monkeypatch.setattr(transcribe, "load", lambda *args, **kwargs: pytest.fail("loaded"))
+    assert main(["transcribe", "a.wav", "--model", "tiny.en", "--method", "fast-fp16w", *flags]) == 2
+    assert capsys.readouterr().err == f"whisper-cpu: error: {message}\n"
+
+
+@pytest.mark.parametrize("flags", [("--batch-size", "-3"), ("--batch_size", "0"), ("--threads", "-1")])
+def test_counts_below_one_are_refused_by_the_parser(flags, capsys):
+    """A negative batch size never filled a batch: the transcriber waited for ever."""
+    with pytest.raises(SystemExit) as stop:
+        main(["transcribe", "a.wav", *flags])
+    assert stop.value.code == 2 and capsys.readouterr().err.endswith(f": {flags[1]}: at least 1\n")
+
+
+def test_clips_are_cut_to_the_audio_where_openai_whispers_seek_loop_would_run_for_ever(monkeypatch):
+    """Its seek stops moving at the last whole frame: a clip ending after it (the file's length rounded up, a typo)
+    looped until killed; a clip starting after it is left out, and none left is an error."""
+    eleven = 11 * 16000 + 100  # samples: 1100 whole frames
+    assert runner.clip_seconds("5,100", eleven) == [5.0, 11.0] and runner.clip_seconds("3", eleven) == [3.0, 11.0]
+    assert runner.clip_seconds("0,4,5,6,12,20", eleven) == [0.0, 4.0, 5.0, 6.0] and runner.clip_seconds([1.5, 2], eleven) == [1.5, 2.0]
+    with pytest.raises(UserError, match=r"every clip starts after the end of the audio \(11.00 s\)"):
+        runner.clip_seconds("100,200", eleven)
+    seen = {}
+    model = SimpleNamespace(is_multilingual=False, transcribe=lambda samples, **kwargs: seen.update(kwargs) or {"segments": [], "language": "en"})
+    runner.TorchRunner(model, []).transcribe(np.zeros(eleven, dtype=np.float32), DecodeOptions(clip_timestamps="5,100"))
+    assert seen["clip_timestamps"] == [5.0, 11.0]
 
 
 def test_a_true_or_false_option_takes_its_value_and_says_so_when_it_swallowed_a_file(tmp_path, capsys):

@@ -121,6 +121,7 @@ def test_languages():
     assert transcribe.language_for("tiny.en", None) == "en"
     assert transcribe.language_for("base", None) is None
     assert transcribe.language_for("base", "German") == "de"
+    assert transcribe.language_for("base", "auto") is None and transcribe.language_for("tiny.en", "Auto") == "en"  # whisper.cpp's word
     for model, language in (("tiny.en", "fr"), ("base", "klingon")):
         with pytest.raises(UserError):
             transcribe.language_for(model, language)

@@ -58,10 +58,16 @@ def _library_command(argv: list[str]) -> bool:
     return False
 
 
+def positive(value: str) -> int:
+    if (n := int(value)) < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
+
+
 def threads(value: str) -> int:
-    n = int(value)
+    n = positive(value)
     cores = len(os.sched_getaffinity(0))
-    if not 1 <= n <= cores:
+    if n > cores:
         raise argparse.ArgumentTypeError(f"{n} threads on {cores} available cores: oversubscribing slows PyTorch several times")
     return n
 
@@ -83,9 +89,11 @@ def boolean(flag: str):
 
 def _temperatures(args) -> tuple[float, ...]:
     """openai-whisper's --temperature and --temperature_increment_on_fallback: from T up to 1.0 in steps of the increment."""
-    if args.temperature_increment_on_fallback:
+    if args.temperature_increment_on_fallback < 0:
+        raise UserError(f"--temperature_increment_on_fallback {args.temperature_increment_on_fallback}: 0 (no fallback) or above")
+    if args.temperature_increment_on_fallback and args.temperature <= 1.0:
         return tuple(round(t, 6) for t in np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))
-    return (args.temperature,)
+    return (args.temperature,)  # above 1.0 openai-whisper's range is empty, and its decode then fails
 
 
 def decoding_options(args) -> DecodeOptions:
@@ -175,7 +183,7 @@ def _openai_whisper_options(t: argparse.ArgumentParser) -> None:
     option("patience", type=float, default=None, help="beam search patience (needs --beam_size; default: 1.0)")
     option("length_penalty", type=float, default=None, help="length penalty alpha for ranking candidates (default: plain length normalisation)")
     option("suppress_tokens", default=DecodeOptions.suppress_tokens,
-           help="comma-separated token ids never sampled, such as --suppress_tokens=-1,50256 (-1: the usual symbols)")
+           help="comma-separated token ids never sampled (-1: openai-whisper's usual symbols)")
     option("temperature", type=float, default=0.0)
     option("temperature_increment_on_fallback", type=float, default=0.2, help="0: no fallback")
     option("compression_ratio_threshold", type=float, default=2.4)
@@ -214,9 +222,9 @@ def parser(benchmark: bool = True) -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio or video, any format PyAV decodes")
     t.add_argument("--model", default="base", help="default: base (openai-whisper's: turbo, far slower on a CPU)")
     t.add_argument("--method", default="auto", help="auto: the fastest measured on this CPU that keeps fp32's words")
-    t.add_argument("--language", help="default: en for .en models, else detected")
-    t.add_argument("--batch-size", type=int, default=None, help="windows decoded together by a batched method, across files "
-                   "(default: 8, fewer where memory is short)")
+    t.add_argument("--language", help="default (or auto): en for .en models, else detected")
+    t.add_argument("--batch-size", "--batch_size", type=positive, default=None, help="windows decoded together by a batched method, "
+                   "across files (default: 8, fewer where memory is short)")
     _openai_whisper_options(t)
     t.set_defaults(func=cmd_transcribe)
 
@@ -229,9 +237,9 @@ def parser(benchmark: bool = True) -> argparse.ArgumentParser:
     c.add_argument("--language", help="default: en for .en models, else detected")
     c.add_argument("--engine", choices=["local", "ray"], default="local")
     c.add_argument("--address", help="a Ray cluster's address (default: start one on this machine)")
-    c.add_argument("--actors", type=int, default=None, help="Ray actors (default: the cluster's CPUs over the threads per actor)")
-    c.add_argument("--threads", type=int, default=None, help="threads of the local engine, or per Ray actor (default: all cores; 2 per actor)")
-    c.add_argument("--batch-size", type=int, default=None, help="files per Ray batch, windows per decoder batch locally")
+    c.add_argument("--actors", type=positive, default=None, help="Ray actors (default: the cluster's CPUs over the threads per actor)")
+    c.add_argument("--threads", type=positive, default=None, help="threads of the local engine, or per Ray actor (default: all cores; 2 per actor)")
+    c.add_argument("--batch-size", type=positive, default=None, help="files per Ray batch, windows per decoder batch locally")
     c.set_defaults(func=cmd_corpus)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible transcription API (/v1/audio/transcriptions, /v1/audio/translations)")
@@ -241,9 +249,9 @@ def parser(benchmark: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="required as `Authorization: Bearer KEY` (default: $WHISPER_CPU_API_KEY, else none)")
     s.add_argument("--max-mb", type=float, default=25, help="largest upload accepted (413 above it)")
-    s.add_argument("--queue-size", type=int, default=64, help="requests waiting or being decoded (503 above it)")
+    s.add_argument("--queue-size", type=positive, default=64, help="requests waiting or being decoded (503 above it)")
     s.add_argument("--threads", type=threads, default=None, help="default: all available cores")
-    s.add_argument("--batch-size", type=int, default=None, help="requests decoded together (a batched method's default: 8)")
+    s.add_argument("--batch-size", type=positive, default=None, help="requests decoded together (a batched method's default: 8)")
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="provision checkpoints (or list what loads here)")

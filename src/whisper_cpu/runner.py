@@ -144,7 +144,10 @@ class TorchRunner(Runner):
 
     def transcribe(self, source, options: DecodeOptions, progress: bool = False) -> Transcript:
         samples = samples_of(source)
-        result = self.model.transcribe(samples, fp16=self.fp16, verbose=False if progress else None, **options.whisper_kwargs())
+        kwargs = options.whisper_kwargs()
+        if options.clip_timestamps != "0":
+            kwargs["clip_timestamps"] = clip_seconds(options.clip_timestamps, len(samples))
+        result = self.model.transcribe(samples, fp16=self.fp16, verbose=False if progress else None, **kwargs)
         found = result["segments"]
         if self.guarded and options.clip_timestamps == "0" and guard.possible(found, len(samples) / whisper.audio.SAMPLE_RATE):
             from .pipeline import speech_seconds  # the pipeline imports this module
@@ -193,7 +196,7 @@ def guarded(model: Whisper, samples: np.ndarray, found: list[dict], regions: lis
         last = min(len(samples), int((end + REPAIR_MARGIN_S) * rate))
         offset = first / rate
         stretch = model.transcribe(samples[first:last], fp16=fp16, verbose=None, **{
-            **options.whisper_kwargs(), "clip_timestamps": [start - offset, end - offset], "initial_prompt": prompt or None,
+            **options.whisper_kwargs(), "clip_timestamps": clip_seconds([start - offset, end - offset], last - first), "initial_prompt": prompt or None,
             "language": language})["segments"]
         for segment in stretch:  # the file's times
             segment |= {"seek": segment["seek"] + first // hop, "start": segment["start"] + offset, "end": segment["end"] + offset}
@@ -202,6 +205,25 @@ def guarded(model: Whisper, samples: np.ndarray, found: list[dict], regions: lis
         return stretch
 
     return guard.repair(found, regions, again)[0]
+
+
+def clip_seconds(value: str | list[float], samples: int | None = None) -> list[float]:
+    """openai-whisper's --clip_timestamps as seconds; with `samples`, the clips cut to the audio's last whole mel frame:
+    a clip that ends after it made openai-whisper's seek loop run forever. One that starts after it is dropped; none
+    left is an error."""
+    try:
+        times = [float(t) for t in value.split(",") if t.strip()] if isinstance(value, str) else [float(t) for t in value]
+    except ValueError:
+        raise UserError(f"--clip_timestamps {value!r}: start,end,... in seconds, such as 0,30,60") from None
+    if any(not t >= 0 for t in times) or any(b < a for a, b in zip(times, times[1:])):
+        raise UserError(f"--clip_timestamps {value!r}: seconds from 0, in increasing order")
+    if samples is None or not times:
+        return times
+    duration_s = samples // whisper.audio.HOP_LENGTH / whisper.audio.FRAMES_PER_SECOND
+    kept = [t for a, b in zip(times[::2], [*times[1::2], duration_s]) if a < duration_s for t in (a, min(b, duration_s))]
+    if not kept:
+        raise UserError(f"--clip_timestamps {value}: every clip starts after the end of the audio ({duration_s:.2f} s)")
+    return kept
 
 
 def _sync(model: Whisper) -> None:

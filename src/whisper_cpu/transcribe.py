@@ -20,7 +20,7 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from whisper.utils import format_timestamp, get_writer, make_safe
 
 from . import UserError, machine, registry, workspace
-from .runner import DecodeOptions, Runner
+from .runner import DecodeOptions, Runner, clip_seconds
 
 FORMATS = ("txt", "srt", "vtt", "json", "tsv", "all")
 
@@ -96,8 +96,8 @@ def resolve_method(model: str, method: str, threads: int) -> tuple[str, str | No
 
 
 def language_for(model: str, language: str | None) -> str | None:
-    """A language code for openai-whisper: English for .en models, None (detect) when not given."""
-    if language is None:
+    """A language code for openai-whisper: English for .en models, None (detect) when not given or `auto`."""
+    if language is None or language.lower() == "auto":
         return "en" if model.endswith(".en") else None
     code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
     if code not in LANGUAGES:
@@ -117,6 +117,25 @@ def check_options(opts: "Options") -> None:
         raise UserError("--patience requires --beam_size (it widens beam search)")
     if opts.decoding.task == "translate" and opts.model.endswith(".en"):
         raise UserError(f"{opts.model} is English-only: --task translate needs a multilingual model (e.g. base)")
+    check_values(opts.decoding)
+
+
+def check_values(d: DecodeOptions) -> None:
+    """Values openai-whisper takes without checking, then fails on with a traceback, or loops on: refused in one line."""
+    for name in ("beam_size", "best_of"):
+        if (value := getattr(d, name)) is not None and value < 1:
+            raise UserError(f"--{name} {value}: must be at least 1")
+    if d.patience is not None and not d.patience > 0:
+        raise UserError(f"--patience {d.patience}: must be above 0")
+    if d.length_penalty is not None and not 0 <= d.length_penalty <= 1:
+        raise UserError(f"--length_penalty {d.length_penalty}: must be between 0 and 1")
+    if not d.temperature or (bad := [t for t in d.temperature if not t >= 0]):  # NaN too
+        raise UserError(f"--temperature {bad[0] if d.temperature else 'none'}: must be 0 or above")
+    try:
+        [int(t) for t in d.suppress_tokens.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--suppress_tokens {d.suppress_tokens!r}: token ids separated by commas, such as -1,1350") from None
+    clip_seconds(d.clip_timestamps)
 
 
 def write_outputs(result: dict, source: Path, output_format: str, output_dir: Path, writer: dict | None = None) -> list[Path]:
@@ -149,6 +168,8 @@ def entry_for(opts: Options, log=lambda line: print(line, file=sys.stderr)) -> r
 
 def load(opts: Options, log=lambda line: print(line, file=sys.stderr), entry: registry.Entry | None = None) -> tuple[Runner, registry.Entry]:
     """The runner of the method `opts` names (or `entry`, already chosen by `entry_for`), on its threads."""
+    if opts.batch_size < 0:  # a batch that never fills: the batched runner would wait for ever
+        raise UserError(f"batch size {opts.batch_size}: windows decoded together, at least 1")
     threads = opts.threads or machine.default_threads()
     torch.set_num_threads(threads)
     entry = entry or entry_for(opts, log)
