@@ -57,6 +57,17 @@ def test_repair_takes_a_trusted_decode_that_says_more_and_keeps_the_transcript_o
         assert n == 0 and [s["text"] for s in kept] == [s["text"] for s in segments]
 
 
+def test_a_repair_never_overlaps_the_segments_it_keeps():
+    """A stretch decoded alone timed its last words past the stretch, over the next kept segment (spontaneous speech:
+    1.04-8.70 s beside one kept from 7.70 s): the new segments are cut to the time left free, their words too."""
+    segments = [seg(0, 10, " " + "word " * 20), seg(11, 30, " It will end"), seg(31, 40, " " + "tail " * 20)]
+    late = seg(20, 33, " and the second one, also in full") | {"words": [{"word": " full", "start": 29.5, "end": 32.5}]}
+    decode = [seg(8, 20, " the first sentence said again in full"), late, seg(34, 36, " tail tail tail tail tail tail")]
+    repaired, n = guard.repair(segments, SPEECH, lambda *_: decode)
+    assert n == 1 and [(s["start"], s["end"]) for s in repaired] == [(0, 10), (10, 20), (20, 31), (31, 40)]
+    assert repaired[2]["words"] == [{"word": " full", "start": 29.5, "end": 31}] and late["end"] == 33  # the decode's own are left as they were
+
+
 def test_a_hole_is_transcribed_again_by_openai_whispers_transcribe_on_that_stretch_prompted_with_the_text_before():
     import numpy as np
 
