@@ -69,7 +69,22 @@ def test_int8_rows_are_quantized_on_their_own_scale_whatever_the_batch():
     exact = x @ linear.weight().dequantize().T + linear.bias()
     shared = linear(loud)[:4]  # fbgemm's one scale for the tensor: the loud row coarsens the others
     assert (rows(loud)[:4] - exact).abs().max() < (shared - exact).abs().max() / 4
-    assert torch.allclose(rows(x[:1]), linear(x[:1]), atol=1e-5)  # a single row: the plain path
+    assert torch.allclose(rows(x[:1]), linear(x[:1]), atol=1e-5)  # a single row: the plain path, as sequential decoding had it
+    assert torch.equal(quantize.RowScaledLinear(linear, batched=True)(x[:1]), rows(x)[:1])  # the batched pipeline's: its own scale still
+
+
+def test_a_windows_int8_words_do_not_depend_on_what_it_is_decoded_beside(tiny, clips, mirror):
+    """A batch ends on its longest row alone, and on fbgemm's plain path there its words changed with the others'
+    lengths: coqui_LJ001-0001 decoded three ways beside seven partners, and alone a fourth."""
+    model = registry.get("fast-qint8-pc-batched").prepare(copy.deepcopy(tiny))
+    names = ["coqui_LJ001-0001", "whisper_jfk", "deepspeech_LDC93S1", "deepspeech_new-home-in-the-stars-16k", "leopard_test",
+             "leopard_diarization_test", "coqui_LJ001-0002", "coqui_LJ001-0003"]
+    with torch.inference_mode():
+        features = [model.embed_audio(w.mel[None]) for w in windows_of(model, clips, names)]  # one window at a time, as `Batcher.decode`
+        options = whisper.DecodingOptions(language="en", fp16=False)
+        alone = model.decode(features[0], options)[0].tokens
+        beside = {tuple(model.decode(torch.cat([features[0], other]), options)[0].tokens) for other in features[1:]}
+    assert beside == {tuple(alone)}
 
 
 def _greedy_count(regions: list[tuple[int, int]]) -> int:

@@ -28,11 +28,13 @@ def to_nn_linear(model: Whisper) -> Whisper:
     return replace_linears(model, plain, Linear)
 
 
-def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None = None, full_range: bool = False) -> Whisper:
+def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None = None, full_range: bool = False,
+                   batched: bool = False) -> Whisper:
     """Dynamic int8 for every nn.Linear of the model (or of one `part`, "encoder" or "decoder"): weights int8,
     activations quantized per call. The original's method has one weight scale per tensor; `per_channel`
     gives every output row its own, as CTranslate2 does, so one large row no longer coarsens all the others;
-    `full_range`: activations on 8 bits, not 7 (`FullRangeLinear`: VNNI CPUs only).
+    `full_range`: activations on 8 bits, not 7 (`FullRangeLinear`: VNNI CPUs only); `batched`: the decoder's
+    rows on their own scales whatever the batch, one window alone too (`RowScaledLinear`).
 
     Module by module, as `torch.ao.quantization.quantize_dynamic` converts them, each from its weights in fp32: a
     model loaded `lean` (float16 as stored) is quantized without an fp32 copy of the whole model ever made."""
@@ -42,7 +44,7 @@ def quantize_qint8(model: Whisper, per_channel: bool = False, part: str | None =
     for name in ("encoder", "decoder") if part is None else (part,):
         replace_linears(getattr(model, name), lambda linear: _dynamic_int8(linear, qconfig, kind))
     if hasattr(model.decoder, "layers"):  # our fast decoder decodes windows in batches: keep its rows independent
-        replace_linears(model.decoder, RowScaledLinear, kind)
+        replace_linears(model.decoder, lambda linear: RowScaledLinear(linear, batched), kind)
     return _half_embedding(model).float()
 
 
@@ -149,12 +151,15 @@ class RowScaledLinear(nn.Module):
     one window's large activation would coarsen the others' and change their words with the batch. Here each
     row is divided by its largest magnitude first (a row of 1 and -1 appended pins the tensor's range to
     [-1, 1]) and the output rows multiplied back: symmetric per-row scales, as CTranslate2 quantizes its inputs.
-    An input of one window (one file decoded alone, sequential decoding) takes the plain path: that decoding is
-    exactly what it was before batches existed.
+    Sequential decoding gives one window, which takes the plain path: that decoding is exactly what it was before
+    batches existed. The batched pipeline (`batched`) row-scales one window too: a batch ends on its longest row
+    alone, and a file or request may come alone or beside others, and on the plain path then a window's words
+    changed with what it was decoded beside.
     """
 
-    def __init__(self, linear: "nnqd.Linear"):
+    def __init__(self, linear: "nnqd.Linear", batched: bool = False):
         super().__init__()
+        self.batched = batched
         weight, bias = linear.weight(), linear.bias()
         self.inner = type(linear)(linear.in_features, linear.out_features, bias_=False, dtype=torch.qint8)  # full range kept
         self.inner.set_weight_bias(weight, None)
@@ -163,7 +168,7 @@ class RowScaledLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if x.shape[0] == 1:  # one window (its prompt, its audio's keys/values, its token): fbgemm's own scale, as before
+        if x.shape[0] == 1 and not self.batched:  # one window (its prompt, its audio's keys/values, its token): fbgemm's own scale, as before
             return self.inner(x) + self.bias
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-30)
         y = self.inner(torch.cat([rows / scale, self.pins]))[:-1]
