@@ -281,6 +281,12 @@ def test_the_headline_is_what_auto_runs_against_fp32_and_the_peers_of_the_same_r
     path.write_text(json.dumps({"choices": tables.choices(timings, short, long, DECODING, categories, hard)}))
     assert transcribe.choose_method("base", 2, path)[0] == "fast-qint8-pc-batched"
 
+    later = gate_rows("z", [("fp32", None, {"wall_s": 29.0})], audio_id="all")  # a later gate run of fp32 and another method
+    newest = pd.concat([long, later], ignore_index=True).drop_duplicates(["model", "method"], keep="last")
+    again = tables.auto_table(timings, short, newest, DECODING, categories, hard, pd.concat([long, later], ignore_index=True))
+    assert again.set_index("CPU").loc[here.name, "vs fp32"] == "3.00x (gate)"  # still the timing run's own gate
+    assert tables.auto_table(timings, short, newest, DECODING, categories, hard).set_index("CPU").loc[here.name, "vs fp32"] == ""
+
     unproven = tables.auto_table(timings, short, long, DECODING).set_index("CPU").loc[here.name]  # no harder gate measured yet
     path.write_text(json.dumps({"choices": tables.choices(timings, short, long, DECODING)}))
     assert transcribe.choose_method("base", 2, path)[0] == "fp32"

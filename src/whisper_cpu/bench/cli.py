@@ -142,7 +142,7 @@ def cmd_report(args) -> None:
     for path in figures.write_figures(timings, scores, reference, folder, tables.load_memory(), tables.load_longform(), tables.load_forced()):
         print(f"figure: {path}")
     for section, markdown in (("headline", publish.headline_markdown()),
-                              ("results", publish.results_markdown(timings, scores, reference, tables.load("peak"), tables.load_longform())),
+                              ("results", publish.results_markdown(timings, scores, reference, tables.load("peak"), tables.load_longform(newest=False))),
                               ("harder", publish.harder_markdown())):
         publish.update_section(publish.page(section), section, markdown)
         print(f"{publish.SECTIONS[section]}: {section} section regenerated")

@@ -36,7 +36,7 @@ def page(section: str) -> Path:
 
 def headline_markdown() -> str:
     """The README's one table: what `auto` runs on each CPU measured, how much faster and how accurate it is."""
-    table = tables.auto_table(*_measured())
+    table = tables.auto_table(*_measured(), every_gate=tables.load_longform(newest=False))
     return (
         "What `whisper-cpu transcribe` runs by default (`--method auto`) on each CPU measured here, with all its cores: the "
         "fastest of our methods whose WER change against openai-whisper fp32 has a 95% CI reaching zero in every accuracy gate "
@@ -139,15 +139,28 @@ def results_markdown(timings: pd.DataFrame, accuracy: pd.DataFrame, reference: p
     markdown += floor_markdown()
     markdown += steps_markdown()
     markdown += service_markdown()
-    gate = longform_table(tables.on_machine(longform, tables.reference_machine(timings))) if longform is not None else pd.DataFrame()
-    if len(gate):
+    for run in gate_runs(timings, longform):
+        gate = longform_table(tables.on_machine(longform, tables.reference_machine(timings)), run)
         markdown += (
-            f"\nThe long-form gate (run `{gate.run_id.iloc[0]}`): each long recording transcribed whole, as `whisper-cpu transcribe` "
+            f"\nThe long-form gate (run `{run}`): each long recording transcribed whole, as `whisper-cpu transcribe` "
             "does (temperature fallback, conditioning on previous text), pooled over the recordings; ΔWER against fp32 in points "
             "with its 95% paired bootstrap interval over clips; fallbacks = windows re-decoded above temperature 0 / windows:\n\n"
             + gate.drop(columns="run_id").astype(object).fillna("").to_markdown(index=False) + "\n"
         )
     return markdown
+
+
+def gate_runs(timings: pd.DataFrame, longform: pd.DataFrame | None) -> list[str]:
+    """The reference machine's long-form gate runs to show, newest first: the one of its newest batched timing run (the
+    batched table's WER beside its times) and every later one (which may score only some methods), else the newest."""
+    if longform is None or not len(longform):
+        return []
+    mine = tables.on_machine(longform, tables.reference_machine(timings))
+    runs = list(dict.fromkeys(mine[mine.audio_id == "all"].run_id))
+    if not runs:
+        return []
+    timed = [r for r in tables.batched_runs(timings) if r in runs][:1]
+    return runs[runs.index(timed[0]) if timed else -1:][::-1]
 
 
 def batched_markdown(timings: pd.DataFrame, longform: pd.DataFrame, run_id: str, first: bool) -> str:

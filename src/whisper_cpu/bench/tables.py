@@ -68,13 +68,14 @@ def load_accuracy(material: str = inputs.DEV) -> pd.DataFrame:
     return table.drop_duplicates(["model", "method", "language", "beam_size", "decoding"], keep="last")
 
 
-def load_longform(material: str = inputs.DEV) -> pd.DataFrame:
-    """The newest long-form row on `material` per machine x model x method x recording x beam x decoding."""
+def load_longform(material: str = inputs.DEV, newest: bool = True) -> pd.DataFrame:
+    """The newest long-form row on `material` per machine x model x method x recording x beam x decoding (`newest`),
+    else every run's."""
     table = results.read("longform")
     if not len(table):
         return table
     table = table[table.material == material]
-    return table.drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last")
+    return table.drop_duplicates(["cpu", "isa", "model", "method", "audio_id", "beam_size", "decoding"], keep="last") if newest else table
 
 
 def reference_longform() -> pd.DataFrame:
@@ -460,15 +461,18 @@ def _harder_verdict(categories: pd.DataFrame, hard_long: pd.DataFrame, cpu: str,
 
 
 def auto_table(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataFrame, decoding: str,
-               categories: pd.DataFrame | None = None, hard_long: pd.DataFrame | None = None) -> pd.DataFrame:
+               categories: pd.DataFrame | None = None, hard_long: pd.DataFrame | None = None,
+               every_gate: pd.DataFrame | None = None) -> pd.DataFrame:
     """The README's headline, from the rows `choices` reads: per CPU and model measured, the method `--method auto` takes
     there on the most threads measured (all its cores, as a laptop runs it), its seconds per 30 s of audio (on the long
     recordings where it was timed on them, else on the window), that time against fp32 and against the fastest
     faster-whisper and whisper.cpp configuration timed in the same run on the same audio (fp32 from the wall times of the
-    same run's long-form gate where the run timed none), and its WER change against fp32 in each gate."""
+    same run's long-form gate where the run timed none: `every_gate`, every run's long-form rows, as a later gate run of
+    some methods leaves that run's fp32 rows no longer the newest), and its WER change against fp32 in each gate."""
     categories = _greedy(categories if categories is not None else pd.DataFrame(), decoding)
     hard_long = _greedy(hard_long if hard_long is not None else pd.DataFrame(), decoding, audio_id="all")
     short, long_gate = _greedy(accuracy, decoding, language="en"), _greedy(longform, decoding, audio_id="all")
+    every_gate = _greedy(longform if every_gate is None else every_gate, decoding, audio_id="all")
     timed = _timed(timings, decoding)
     groups: dict[tuple, list[dict]] = {}
     for c in choices(timings, accuracy, longform, decoding, categories, hard_long):
@@ -483,8 +487,8 @@ def auto_table(timings: pd.DataFrame, accuracy: pd.DataFrame, longform: pd.DataF
                      & (timed.long == long)]
         speeds = {m: (rows.system.iloc[0], _speed(rows, "s", "run")["s"]) for m, rows in same.groupby("method", sort=False)}
         vs_fp32 = _times(speeds["fp32"][1], seconds) if "fp32" in speeds else ""
-        if long and not vs_fp32 and len(long_gate):
-            walls = [_mine(long_gate[long_gate.run_id == run], cpu, isa, model, m).wall_s.sum() for m in ("fp32", method)]
+        if long and not vs_fp32 and len(every_gate):
+            walls = [_mine(every_gate[every_gate.run_id == run], cpu, isa, model, m).wall_s.sum() for m in ("fp32", method)]
             vs_fp32 = f"{_times(*walls)} (gate)" if all(walls) else ""
         row = {"CPU": f"{cpu} [{isa}], {threads} threads", "model": model,
                "`auto` runs": (f"{method} (default: nothing gated here)" if default
