@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 import whisper_cpu
-from whisper_cpu import UserError, api, audio, registry, transcribe
+from whisper_cpu import UserError, api, audio, models, registry, transcribe
 from whisper_cpu.bench import inputs
 from whisper_cpu.runner import DecodeOptions, Runner, Transcript
 
@@ -41,6 +42,13 @@ def test_a_list_gives_a_list_in_order_each_as_alone(fp32, tiny, clips, mirror):
     assert "greasy wash" in results[0]["text"].lower() and results[1]["segments"][0]["start"] == 0.0
 
 
+def test_16_bit_pcm_is_scaled_as_openai_whisper_scales_a_file(fp32, tiny, clips, mirror):
+    samples = audio.load(inputs.locate(clips["deepspeech_LDC93S1"]))
+    pcm = np.round(samples * 32767).astype(np.int16)
+    assert fp32.transcribe(pcm)["text"] == tiny.transcribe(pcm.astype(np.float32) / 32768, fp16=False)["text"]
+    assert "greasy wash" in fp32.transcribe(torch.from_numpy(pcm))["text"].lower()
+
+
 def test_openai_whispers_keywords_and_types():
     assert api.decode_options() == DecodeOptions()  # the same defaults
     options = api.decode_options(temperature=0.2, clip_timestamps=[1.5, 3], suppress_tokens=[-1, 50256], beam_size=2, language="en")
@@ -58,12 +66,30 @@ def test_bad_audio_and_misuse_are_one_line_user_errors(fp32, tmp_path):
                             (np.zeros((2, 16000), dtype=np.float32), "not a ndarray of shape (2, 16000)")]:
         with pytest.raises(UserError, match=f"{re.escape(message)}$"):
             fp32.transcribe(source)
-    with pytest.raises(UserError, match="^audio 1: no signal"):
-        fp32.transcribe([np.ones(16000, dtype=np.float32), np.zeros(16000, dtype=np.float32)])
+    for bad in (np.nan, np.inf, -np.inf):
+        samples = np.ones(16000, dtype=np.float32)
+        samples[100] = bad
+        with pytest.raises(UserError, match=r"^the audio: samples that are not numbers \(NaN or infinite\)$"):
+            fp32.transcribe(samples)
+    with pytest.raises(UserError, match=r"^audio samples of dtype int32: give floats in \[-1, 1\] or 16-bit PCM \(int16\)$"):
+        fp32.transcribe(np.ones(16000, dtype=np.int32))
+    with pytest.raises(UserError, match="^audio 1: no signal") as failed:
+        fp32.transcribe([np.ones(16000, dtype=np.float32), np.zeros(16000, dtype=np.float32), np.ones(16000, dtype=np.float32)])
+    assert [r is None for r in failed.value.results] == [False, True, False]  # the others' work is kept
     with pytest.raises(UserError, match="English-only"):
         fp32.transcribe(np.ones(16000, dtype=np.float32), task="translate")
     with pytest.raises(UserError, match="CPU only"):
         whisper_cpu.load_model("tiny.en", device="cuda")
+    with pytest.raises(UserError, match=r"^threads -1: a whole number, at least 1$"):
+        whisper_cpu.load_model("tiny.en", threads=-1)
+
+
+def test_load_model_takes_openai_whispers_arguments_in_its_order(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(api, "Model", lambda name, method, threads: seen.append((name, method, threads, models.whisper_cache())))
+    whisper_cpu.load_model("base", "cpu", str(tmp_path), True)  # name, device, download_root, in_memory
+    whisper_cpu.load_model("base", threads=3)
+    assert seen[0] == ("base", "auto", None, tmp_path) and seen[1][:3] == ("base", "auto", 3) and seen[1][3] != tmp_path
 
 
 class Silent(Runner):

@@ -129,11 +129,8 @@ def test_openai_whispers_spellings_and_options_are_accepted_with_its_meanings(mo
 
 def test_what_a_cpu_cannot_do_is_refused_in_one_line_and_fp16_falls_back_as_in_openai_whisper(monkeypatch, capsys):
     monkeypatch.setattr(transcribe, "run", lambda opts, files: pytest.fail("transcribed"))
-    for flags, message in ((("--device", "cuda"), "--device cuda: whisper-cpu runs on the CPU only; openai-whisper itself runs on a GPU"),
-                           (("--model_dir", "/elsewhere"), "--model_dir: whisper-cpu reads official checkpoints only from openai-whisper's")):
-        assert main(["transcribe", "a.wav", *flags]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"whisper-cpu: error: {message}") and err.count("\n") == 1
+    assert main(["transcribe", "a.wav", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == "whisper-cpu: error: --device cuda: whisper-cpu runs on the CPU only; openai-whisper itself runs on a GPU\n"
     assert transcribe_options(monkeypatch, "--fp16", "True").decoding == DecodeOptions()
     assert capsys.readouterr().err == "whisper-cpu: note: --fp16 True: FP16 is not supported on CPU; using FP32 instead, as openai-whisper does\n"
 
@@ -297,3 +294,45 @@ def test_the_library_commands_import_no_package_of_an_extra(tmp_path):
             "print(sorted({'pandas', 'jiwer', 'matplotlib', 'fastapi', 'uvicorn', 'ray', 'faster_whisper', 'ctranslate2'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.stdout == "[]\n" and done.stderr == "whisper-cpu: error: missing.wav: no such file\n"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("bench", "--beam-size", "0"), "0: at least 1"), (("bench", "--repeats", "0"), "0: at least 1"),
+    (("bench", "--timeout", "-5"), "-5: a number above 0"), (("accuracy", "--beam-size", "-1"), "-1: at least 1"),
+    (("serve", "--max-mb", "nan"), "nan: a number above 0"), (("serve", "--max-mb", "-2"), "-2: a number above 0"),
+    (("loadtest", "--seconds", "inf"), "inf: a number above 0"), (("loadtest", "--clients", "0"), "0: at least 1"),
+])
+def test_counts_and_limits_of_every_command_are_checked_by_the_parser(flags, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(list(flags))
+    assert stop.value.code == 2 and capsys.readouterr().err.endswith(f": {message}\n")
+
+
+def test_runs_that_do_not_exist_or_scored_nothing_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    for command in ("compare", "floor"):
+        done = cli(command, "--run-id", "nope")  # the checkout's committed results
+        assert done.returncode == 2 and done.stderr == "whisper-cpu: error: --run-id nope: no such run in the timings\n"
+    from whisper_cpu.bench import accuracy
+
+    monkeypatch.setattr(accuracy, "run", lambda opts, run_id=None: "20260101T000000Z-none")  # every configuration failed
+    monkeypatch.setattr(workspace, "_current", workspace.get())  # --workspace switches it: the next tests get the checkout's back
+    assert main(["--workspace", str(tmp_path), "accuracy", "--models", "tiny.en", "--methods", "fp32"]) == 2
+    assert capsys.readouterr().err.endswith("whisper-cpu: error: run 20260101T000000Z-none: no configuration was scored\n")
+    done = cli("corpus", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--threads", "99")
+    assert done.returncode == 2 and "--threads 99 on" in done.stderr and "oversubscribing" in done.stderr
+
+
+def test_each_gates_help_names_its_own_default_methods(capsys):
+    with pytest.raises(SystemExit):
+        main(["longform", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: every method the gate is meant for (" in text and "the original experiment's" not in text
+
+
+def test_model_dir_is_where_official_checkpoints_are_read_as_in_openai_whisper(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    seen = []
+    monkeypatch.setattr(transcribe, "run", lambda opts, files: seen.append(models.whisper_cache()))
+    assert main(["transcribe", "a.wav", "--model_dir", str(tmp_path / "weights")]) == 0
+    assert main(["transcribe", "a.wav"]) == 0
+    assert seen == [tmp_path / "weights", tmp_path / "cache" / "whisper"]

@@ -4,6 +4,7 @@ after a kill with every file exactly once in the records."""
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,9 +63,12 @@ def check(records: list[dict], root, out) -> None:
     assert sorted(r["source"] for r in records) == sorted(str(p) for p in corpus.sources(root))
     bad = {r["source"].rsplit("/", 1)[1]: r["error"] for r in records if r["error"]}
     assert set(bad) == {"broken.mp3", "silent.wav"} and "silence" in bad["silent.wav"] and "cannot decode" in bad["broken.mp3"]
+    durations = {r["source"].rsplit("/", 1)[1]: r["duration_s"] for r in records if r["error"]}
+    assert durations == {"broken.mp3": None, "silent.wav": 2.0}  # unknown where it did not read; a silent file's is known
     for r in records:
         if not r["error"]:
             assert r["text"] and r["duration_s"] > 1 and r["method"] == "fast-qint8-pc-batched" and len(r["sha256"]) == 64
+            assert r["elapsed_s"] is None  # decoded in batches beside the others: no time of its own
             assert all((out / name).stat().st_size > 0 for name in r["outputs"]) and len(r["outputs"]) == 5
             assert all(name.startswith("more/") == ("/more/" in r["source"]) for name in r["outputs"])  # the sources' folders kept
     assert not [p for p in out.rglob(".*")]  # no temporary leftovers
@@ -168,3 +172,35 @@ def test_output_stems_are_unique_in_each_folder():
     assert corpus.output_stems([a / "talk.wav", a / "talk.mp3", a / "talk.wav.mp3", a / "solo.wav", b / "talk.wav"]) == {
         a / "talk.wav": "talk.wav", a / "talk.mp3": "talk.mp3", a / "talk.wav.mp3": "talk.wav.mp3",  # its stem is talk.wav's name
         a / "solo.wav": "solo", b / "talk.wav": "talk"}
+
+
+def test_bad_manifests_records_and_output_folders_are_one_line_errors(tmp_path):
+    def refused(name: str, content: bytes, message: str):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(corpus.UserError, match=f"^{re.escape(str(tmp_path / name))}: {message}$"):
+            corpus.sources(tmp_path / name)
+
+    refused("cut.jsonl", b'{"path": "a.wav"}\n{"path": "b.w', "line 2 is not JSON")
+    refused("list.jsonl", b'{"path": "a.wav"}\n[1, 2]\n', "line 2 is not a JSON object")
+    refused("none.jsonl", b'{"path": "a.wav"}\n{"path": null}\n', "row 2 has no path")
+    refused("number.jsonl", b'{"path": 7}\n', "row 1 has no path")
+    refused("empty.csv", b"path,speaker\n,a\n", "row 1 has no path")
+    refused("latin1.csv", "path\ncaf\u00e9.wav\n".encode("latin-1"), "the manifest is not UTF-8 text")
+    (tmp_path / "bom.csv").write_bytes("path\nclip.wav\n".encode("utf-8-sig"))  # as spreadsheets save CSV
+    assert corpus.sources(tmp_path / "bom.csv") == [tmp_path / "clip.wav"]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / corpus.RECORDS).write_text('{}\n[1, 2]\n"text"\n{"source": "/a.wav", "error": null}\n\xff\n')
+    assert list(corpus.read_records(out)) == ["/a.wav"]
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(corpus.UserError, match="^--output-dir .*a-file/sub: cannot be made a folder"):
+        corpus.run(corpus.Options(model="tiny.en", method="fp32"), tmp_path / "bom.csv", tmp_path / "a-file" / "sub")
+    with pytest.raises(corpus.UserError, match="^unknown model 'tiny.eng'"):
+        corpus.run(corpus.Options(model="tiny.eng", method="fp32"), tmp_path / "bom.csv", tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # refused before anything was written
+    with pytest.raises(corpus.UserError, match=r"^--address 127.0.0.1:1: no Ray cluster answers there"):  # not a hang
+        corpus.run(corpus.Options(model="tiny.en", method="fp32", engine="ray", address="127.0.0.1:1"), tmp_path / "bom.csv", tmp_path / "never")
+    with pytest.raises(corpus.UserError, match=r"^--address cluster: a Ray cluster's HOST:PORT"):
+        corpus.reachable("cluster")

@@ -1,5 +1,6 @@
 import copy
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -194,6 +195,20 @@ def test_a_rest_follows_only_an_unfinished_segment_prompted_with_the_windows_tex
     assert batcher._rest(file, decoded(unfinished.result.tokens), DecodeOptions(language="en", condition_on_previous_text=False)).prompt == ()
 
 
+def test_carry_initial_prompt_keeps_the_initial_prompt_in_front_of_every_rests_prompt(fast_tiny):
+    batcher = pipeline.Batcher(fast_tiny, batch_size=1)
+    initial = "Kennedy, Houston."
+    carry = DecodeOptions(language="en", initial_prompt=initial, carry_initial_prompt=True)
+    head = list(batcher._initial_prompt(carry))
+    text = batcher.tokenizer.encode(" the moon" * 200)  # more than the decoder's context takes: openai-whisper keeps its last tokens
+    rest = pipeline.Window(0, 0, 1, torch.zeros(80, 3000), "en", prompt=(*head, *text))
+    room = fast_tiny.dims.n_text_ctx // 2 - 1
+    assert batcher._prompt(carry, rest) == head + text[-(room - len(head)):]
+    assert batcher._prompt(replace(carry, carry_initial_prompt=False), rest) == [*head, *text]  # the decoder keeps its end alone
+    assert batcher._prompt(carry, replace(rest, prompt=())) == head  # reset above temperature 0.5: the initial prompt stays
+    assert batcher._prompt(carry, replace(rest, prompt=None)) == initial  # a window cut from the file
+
+
 @pytest.fixture(scope="module")
 def one_window(fast_tiny, clips, mirror):
     """Every English dev clip that fits one window, batched together in one `many` call: {path: transcript}."""
@@ -228,6 +243,19 @@ def test_word_timestamps_on_the_batched_path(fast_tiny, clips, mirror):
     americans = next(w for w in words if "Americans" in w["word"])
     assert americans["start"] <= 1.8 <= americans["end"]  # openai-whisper's own test on this clip
     assert all(a["start"] <= b["start"] for a, b in zip(words, words[1:]))
+
+
+
+def test_a_windows_words_start_where_the_words_before_them_end():
+    """Found on a long recording: a rest's first word timed 0.2 s before the previous window's last word ended."""
+    pieces = [{"start": 137.42, "end": 139.0, "words": [{"word": " and", "start": 137.42, "end": 137.7},
+                                                          {"word": " so", "start": 137.8, "end": 139.0}]}]
+    assert pipeline.after(pieces, 137.62) == 139.0
+    assert [(w["start"], w["end"]) for w in pieces[0]["words"]] == [(137.62, 137.7), (137.8, 139.0)]
+    assert (pieces[0]["start"], pieces[0]["end"]) == (137.62, 139.0)
+    inside = [{"start": 10.0, "end": 10.5, "words": [{"word": " a", "start": 9.9, "end": 9.95}]}]  # all of it before `last`
+    assert pipeline.after(inside, 10.2) == 10.2 and inside[0]["words"][0] | {} == {"word": " a", "start": 10.2, "end": 10.2}
+    assert pipeline.after([{"start": 1.0, "end": 2.0}], 0.5) == 0.5  # no words timed: nothing to move
 
 
 def _small_manifest(folder):

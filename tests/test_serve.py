@@ -78,6 +78,9 @@ def test_openai_client_transcribes_in_every_response_format(client, clips, mirro
     assert verbose.language == "english" and verbose.duration == pytest.approx(11.0, abs=0.1) and verbose.segments
     americans = next(w for w in verbose.words if w.word == "Americans")  # without openai-whisper's leading space
     assert 1.0 < americans.start < americans.end < 3.5
+    with open(path, "rb") as f:  # words alone: no segments, as OpenAI answers
+        alone = client.audio.transcriptions.create(model="tiny.en", file=f, response_format="verbose_json", timestamp_granularities=["word"])
+    assert alone.words == verbose.words and not getattr(alone, "segments", None)
     with open(path, "rb") as f:
         srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
     assert srt.startswith("1\n00:00:00,000 --> ") and "country" in srt
@@ -85,9 +88,11 @@ def test_openai_client_transcribes_in_every_response_format(client, clips, mirro
         assert client.audio.transcriptions.create(model="whisper-1", file=f, response_format="text").strip() == plain.text
 
 
-def test_errors_have_openais_shape(server, client, tmp_path):
+def test_errors_have_openais_shape(server, client, tmp_path, clips, mirror):
     bad = tmp_path / "notes.wav"
     bad.write_bytes(b"not audio at all")
+    answer = post(server, inputs.locate(clips["deepspeech_LDC93S1"]), **{"timestamp_granularities[]": "char", "response_format": "verbose_json"})
+    assert answer.status_code == 400 and answer.json()["error"]["message"] == "timestamp_granularities[] 'char' is not one of word, segment"
     with pytest.raises(BadRequestError, match="cannot decode audio notes.wav"):
         client.audio.transcriptions.create(model="whisper-1", file=bad.open("rb"))
     with pytest.raises(AuthenticationError):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from whisper.utils import format_timestamp, make_safe
 
-from . import UserError, machine, transcribe
+from . import UserError, machine, models, transcribe
 from .runner import TEMPERATURES, DecodeOptions
 
 OPTIONS = tuple(f.name for f in fields(DecodeOptions))  # openai-whisper's transcribe keywords that we pass on
@@ -37,12 +37,17 @@ def _joined(value: str | list) -> str:
 
 
 def _source(audio) -> Path | np.ndarray:
-    """A path, or samples as openai-whisper takes them: 16 kHz mono, a 1-D array or tensor."""
+    """A path, or samples as openai-whisper takes them: 16 kHz mono, a 1-D array or tensor, floats in [-1, 1] or 16-bit
+    PCM (scaled as openai-whisper's `load_audio` scales it: cast alone, its full scale is 32768 times too loud)."""
     if isinstance(audio, (str, Path)):
         return Path(audio)
     if isinstance(audio, torch.Tensor):
         audio = audio.numpy(force=True)
     if isinstance(audio, np.ndarray) and audio.ndim == 1:
+        if audio.dtype == np.int16:
+            return audio.astype(np.float32) / 32768.0
+        if audio.dtype.kind != "f":
+            raise UserError(f"audio samples of dtype {audio.dtype}: give floats in [-1, 1] or 16-bit PCM (int16)")
         return audio.astype(np.float32, copy=False)
     shape = f" of shape {audio.shape}" if isinstance(audio, np.ndarray) else ""
     raise UserError(f"audio is a file's path or its 16 kHz mono samples (a 1-D array), not a {type(audio).__name__}{shape}")
@@ -60,7 +65,8 @@ class Model:
     def transcribe(self, audio, *, verbose: bool | None = None, fp16: bool | None = None, **options) -> dict | list[dict]:
         """openai-whisper's `model.transcribe(audio, **options)`: its keywords, its result dict (`text`, `segments`,
         `language`). `verbose`: False shows progress, True prints each segment. A list of paths or arrays gives a list
-        of results; audio that cannot be transcribed (unreadable, silent) is a `UserError` naming it."""
+        of results; audio that cannot be transcribed (unreadable, silent) is a `UserError` naming it, raised once every
+        other one is transcribed: its `results` holds theirs (None in the failed places), so one bad file loses no work."""
         if fp16:
             warnings.warn("FP16 is not supported on CPU; using FP32 instead", stacklevel=2)  # openai-whisper's own words there
         decoding = decode_options(**options)
@@ -69,21 +75,32 @@ class Model:
         transcribe.entry_for(opts)  # refuses what a batched method cannot honour
         many = isinstance(audio, (list, tuple))
         sources = [_source(a) for a in (audio if many else [audio])]
-        results = []
+        results, failed = [], []
         for i, (source, transcript) in enumerate(self.runner.many(sources, opts.decoding, progress=verbose is False)):
             if isinstance(transcript, UserError):
                 name = source if isinstance(source, Path) else f"audio {i}" if many else "the audio"
-                raise UserError(str(transcript) if str(name) in str(transcript) else f"{name}: {transcript}")
+                failed.append(str(transcript) if str(name) in str(transcript) else f"{name}: {transcript}")
+                results.append(None)
+                continue
             for s in transcript.segments if verbose else ():
                 print(make_safe(f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] {s['text']}"))
             results.append({"text": "".join(s["text"] for s in transcript.segments), "segments": transcript.segments,
                             "language": transcript.language})  # the text unstripped, as openai-whisper's
+        if failed:
+            error = UserError(failed[0] if len(failed) == 1 else f"{len(failed)} of {len(results)} inputs failed: {'; '.join(failed)}")
+            error.results = results
+            raise error
         return results if many else results[0]
 
 
-def load_model(name: str, device: str | None = None, *, method: str = "auto", threads: int | None = None) -> Model:
-    """openai-whisper's `load_model` (its device the CPU alone): `method` one of ours or `auto`, `threads` PyTorch's for
-    the whole process, as the method was measured (default: all cores)."""
+def load_model(name: str, device: str | None = None, download_root: str | None = None, in_memory: bool = False, *,
+               method: str = "auto", threads: int | None = None) -> Model:
+    """openai-whisper's `load_model` (its device the CPU alone; `in_memory` taken and moot: every method repacks the
+    weights it reads): `method` one of ours or `auto`, `threads` PyTorch's for the whole process, as the method was
+    measured (default: all cores)."""
     if device is not None and str(device) != "cpu":
         raise UserError(f"device {device}: whisper-cpu runs on the CPU only")
-    return Model(name, method, threads)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise UserError(f"threads {threads}: a whole number, at least 1")
+    with models.download_root(download_root):
+        return Model(name, method, threads)

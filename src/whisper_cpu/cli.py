@@ -6,6 +6,7 @@ This module composes the two layers: the library's commands (transcribe, corpus,
 """
 
 import argparse
+import math
 import importlib
 import os
 import sys
@@ -64,6 +65,13 @@ def positive(value: str) -> int:
     return n
 
 
+def positive_number(value: str) -> float:
+    """A finite number above 0 (`nan`, `inf` and negatives refused)."""
+    if not 0 < (x := float(value)) < math.inf:
+        raise argparse.ArgumentTypeError(f"{value}: a number above 0")
+    return x
+
+
 def threads(value: str) -> int:
     n = positive(value)
     cores = len(os.sched_getaffinity(0))
@@ -102,14 +110,10 @@ def decoding_options(args) -> DecodeOptions:
 
 
 def on_the_cpu(args) -> None:
-    """openai-whisper's device options, here where everything runs on the CPU: a GPU or another model folder is refused,
-    --fp16 True falls back to fp32 with a note, as openai-whisper does on a CPU."""
+    """openai-whisper's device options, here where everything runs on the CPU: a GPU is refused, --fp16 True falls
+    back to fp32 with a note, as openai-whisper does on a CPU."""
     if args.device != "cpu":
         raise UserError(f"--device {args.device}: whisper-cpu runs on the CPU only; openai-whisper itself runs on a GPU")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
-    if args.model_dir and Path(args.model_dir).expanduser().resolve() != cache.resolve():
-        raise UserError(f"--model_dir: whisper-cpu reads official checkpoints only from openai-whisper's default folder, {cache}: "
-                        "copy the .pt files there, or pass a checkpoint file as --model")
     if args.fp16:
         print("whisper-cpu: note: --fp16 True: FP16 is not supported on CPU; using FP32 instead, as openai-whisper does", file=sys.stderr)
 
@@ -121,7 +125,8 @@ def cmd_transcribe(args) -> int:
         threads=torch.get_num_threads() if args.threads == 0 else args.threads or 0, batch_size=args.batch_size or 0, verbose=args.verbose,
         writer={key: getattr(args, key) for key in transcribe.WRITER_OPTIONS},
     )
-    return 2 if transcribe.run(opts, args.files) else 0
+    with models.download_root(args.model_dir):
+        return 2 if transcribe.run(opts, args.files) else 0
 
 
 def cmd_corpus(args) -> int:
@@ -129,6 +134,8 @@ def cmd_corpus(args) -> int:
 
     if args.engine == "ray":
         needs("corpus", "corpus --engine ray", "ray.data", "pyarrow")
+    elif args.threads and args.threads > (cores := len(os.sched_getaffinity(0))):  # a Ray cluster's nodes may have more
+        raise UserError(f"--threads {args.threads} on {cores} available cores: oversubscribing slows PyTorch several times")
     opts = corpus.Options(model=args.model, method=args.method, output_format=args.output_format, engine=args.engine, address=args.address,
                           actors=args.actors or 0, threads=args.threads or 0, batch_size=args.batch_size or 0,
                           decoding=DecodeOptions(language=args.language))
@@ -205,7 +212,7 @@ def _openai_whisper_options(t: argparse.ArgumentParser) -> None:
     option("threads", type=torch_threads, default=None, help="default: all available cores; 0: PyTorch's own default (openai-whisper's)")
     option("device", default="cpu", help="cpu only (openai-whisper's default: cuda where there is a GPU)")
     flag("fp16", False, "openai-whisper's GPU activations; on a CPU it uses fp32, as here (default: False; openai-whisper's: True)")
-    option("model_dir", default=None, help="openai-whisper's checkpoint folder: only its default, ~/.cache/whisper, which is where we read them")
+    option("model_dir", default=None, help="where official checkpoints are found or downloaded, as openai-whisper's (default: ~/.cache/whisper)")
 
 
 def parser(benchmark: bool = True) -> argparse.ArgumentParser:
@@ -248,7 +255,7 @@ def parser(benchmark: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="required as `Authorization: Bearer KEY` (default: $WHISPER_CPU_API_KEY, else none)")
-    s.add_argument("--max-mb", type=float, default=25, help="largest upload accepted (413 above it)")
+    s.add_argument("--max-mb", type=positive_number, default=25, help="largest upload accepted (413 above it)")
     s.add_argument("--queue-size", type=positive, default=64, help="requests waiting or being decoded (503 above it)")
     s.add_argument("--threads", type=threads, default=None, help="default: all available cores")
     s.add_argument("--batch-size", type=positive, default=None, help="requests decoded together (a batched method's default: 8)")

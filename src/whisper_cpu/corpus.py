@@ -16,6 +16,7 @@ refused, and none overwrites another's outputs.
 import csv
 import json
 import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, api, machine, registry, transcribe
+from . import UserError, api, machine, models, registry, transcribe
 from .audio import SAMPLE_RATE
 from .files import sha256, write_text
-from .runner import DecodeOptions, Transcript, read
+from .runner import DecodeOptions, Transcript, read, samples_of
 
 AUDIO = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4", ".aac", ".wma", ".mkv", ".aiff", ".aif", ".mov"}
 RECORDS = "records.jsonl"
@@ -56,16 +57,35 @@ def sources(source: Path) -> list[Path]:
         return sorted({p.parent.resolve() / p.name for p in source.rglob("*") if p.suffix.lower() in AUDIO and p.is_file()})
     if not source.is_file():
         raise UserError(f"no folder or manifest at {source}")
-    if source.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif source.suffix.lower() == ".csv":
-        with open(source, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        raise UserError(f"{source}: a corpus is a folder, a .csv or a .jsonl manifest")
+    try:
+        if source.suffix.lower() == ".jsonl":
+            rows = [_row(line, n) for n, line in enumerate(source.read_text(encoding="utf-8-sig").splitlines(), 1) if line.strip()]
+        elif source.suffix.lower() == ".csv":
+            with open(source, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+        else:
+            raise UserError(f"{source}: a corpus is a folder, a .csv or a .jsonl manifest")
+    except UnicodeDecodeError:
+        raise UserError(f"{source}: the manifest is not UTF-8 text") from None
+    except (ValueError, csv.Error) as error:
+        raise UserError(f"{source}: {error}") from None
     if rows and "path" not in rows[0]:
         raise UserError(f"{source}: the manifest has no `path` column")
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row.get("path"), str) or not row["path"].strip():
+            raise UserError(f"{source}: row {n} has no path")
     return list(dict.fromkeys((p := source.parent / r["path"]).parent.resolve() / p.name for r in rows))  # an absolute path stays itself
+
+
+def _row(line: str, number: int) -> dict:
+    """One line of a JSONL manifest, an object (whose `path` `sources` checks)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise ValueError(f"line {number} is not JSON") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"line {number} is not a JSON object")
+    return row
 
 
 def output_stems(paths: list[Path]) -> dict[Path, str]:
@@ -76,16 +96,17 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
 
 
 def read_records(folder: Path) -> dict[str, dict]:
-    """The last record of each source (a line cut by a crash is skipped)."""
+    """The last record of each source (a line cut by a crash, or anything else not a record, is skipped)."""
     records = {}
     path = Path(folder) / RECORDS
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            records[record["source"]] = record
+            if isinstance(record, dict) and isinstance(record.get("source"), str):  # not one of ours: skipped, as a cut line
+                records[record["source"]] = record
     return records
 
 
@@ -123,6 +144,7 @@ class Transcriber:
     def __init__(self, opts: Options, method: str, threads: int, root: Path):
         self.opts, self.method, self.root = opts, method, Path(root)
         self.runner = api.Model(opts.model, method, threads, opts.batch_size).runner
+        self.batched = registry.get(method).batched
 
     def __call__(self, files: Iterable[tuple[Path, str, str]], output_dir: Path) -> Iterator[dict]:
         """A record per (path, sha256, output stem) as each finishes (a file that does not read, as soon as it is read).
@@ -132,10 +154,13 @@ class Transcriber:
 
         def readable() -> Iterator[np.ndarray]:
             for path, (digest, _) in jobs.items():
+                loaded = None
                 try:
-                    samples[path] = read(path)
+                    loaded = samples_of(path)
+                    samples[path] = read(loaded)
                 except UserError as error:
-                    finished[path] = self._record(path, digest, 0.0, error=str(error))
+                    duration = None if loaded is None else len(loaded) / SAMPLE_RATE  # a silent file's length is known
+                    finished[path] = self._record(path, digest, None, duration, error=str(error))
                     continue
                 order.append(path)
                 yield samples[path]
@@ -143,12 +168,13 @@ class Transcriber:
         start = time.perf_counter()
         for i, (_, transcript) in enumerate(self.runner.many(readable(), self.opts.decoding)):  # in the order the arrays went in
             path = order[i]
-            finished[path] = self._finish(path, *jobs[path], transcript, samples.pop(path), output_dir, time.perf_counter() - start)
+            elapsed = None if self.batched else time.perf_counter() - start  # a batch's files come out together: no time of their own
+            finished[path] = self._finish(path, *jobs[path], transcript, samples.pop(path), output_dir, elapsed)
             start = time.perf_counter()
             yield from _drain(finished)
         yield from _drain(finished)
 
-    def _finish(self, path: Path, digest: str, stem: str, transcript, samples, output_dir: Path, elapsed: float) -> dict:
+    def _finish(self, path: Path, digest: str, stem: str, transcript, samples, output_dir: Path, elapsed: float | None) -> dict:
         if isinstance(transcript, Exception):
             return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, error=str(transcript))
         folder = Path(output_dir) / path.parent.relative_to(self.root)
@@ -161,11 +187,12 @@ class Transcriber:
         return self._record(path, digest, elapsed, len(samples) / SAMPLE_RATE, transcript=transcript,
                             outputs=[str(p.relative_to(output_dir)) for p in written])
 
-    def _record(self, path: Path, digest: str, elapsed: float, duration: float = 0.0, transcript: Transcript | None = None,
+    def _record(self, path: Path, digest: str, elapsed: float | None, duration: float | None = None, transcript: Transcript | None = None,
                 error: str | None = None, outputs: list[str] = ()) -> dict:
+        """`duration` None: the file did not read; `elapsed` None: it was transcribed in batches beside others."""
         return {"source": str(path), "size": path.stat().st_size if path.is_file() else None, "sha256": digest,
-                "duration_s": round(duration, 3), "model": self.opts.model, "method": self.method,
-                "language": transcript.language if transcript else None, "elapsed_s": round(elapsed, 3),
+                "duration_s": None if duration is None else round(duration, 3), "model": self.opts.model, "method": self.method,
+                "language": transcript.language if transcript else None, "elapsed_s": None if elapsed is None else round(elapsed, 3),
                 "text": transcript.text if transcript else None, "outputs": list(outputs), "error": error}
 
 
@@ -176,16 +203,22 @@ def _drain(finished: dict) -> Iterator[dict]:
 
 def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(line, file=sys.stderr)) -> dict[str, dict]:
     """Transcribe what is left of the corpus; returns every source's final record."""
-    paths = sources(source)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    models.checkpoint_path(opts.model)  # an unknown model is refused before any file is hashed or anything written
+    if opts.engine == "ray" and opts.address:
+        reachable(opts.address)
     opts = replace(opts, decoding=replace(opts.decoding, language=transcribe.language_for(opts.model, opts.decoding.language)))
     transcribe.check_options(opts)
     threads = opts.threads or machine.default_threads()
     method, why = transcribe.resolve_method(opts.model, opts.method, threads)
+    registry.ours(method)
+    paths = sources(source)
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--output-dir {output_dir}: cannot be made a folder ({error.strerror})") from None
     if why:
         log(f"method {method}: {why}")
-    registry.ours(method)
     stems = output_stems(paths)
     left = [(path, digest, stems[path]) for path, digest in todo(paths, compact(output_dir), opts.model, method)]
     log(f"{len(paths)} files, {len(paths) - len(left)} already done, {len(left)} to transcribe ({opts.engine} engine)")
@@ -197,6 +230,20 @@ def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(li
             append(output_dir, record)
             log(f"{'error' if record['error'] else 'done'}: {record['source']}" + (f": {record['error']}" if record["error"] else ""))
     return compact(output_dir)
+
+
+def reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A Ray cluster's HOST:PORT (or ray://HOST:PORT) refused in one line where nothing answers: `ray.init` retries such an
+    address for minutes, silently. `auto` (the cluster this machine is part of) is Ray's to find."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto":
+        return
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: a Ray cluster's HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({error.strerror or error})") from None
 
 
 class _Actor:

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -85,6 +86,24 @@ def converted_checkpoint(source: Path, name: str) -> Path:
     return target
 
 
+_download_root: ContextVar[Path | None] = ContextVar("download_root", default=None)
+
+
+def whisper_cache() -> Path:
+    """Where official checkpoints are found and downloaded: openai-whisper's default folder, or a `download_root`."""
+    return _download_root.get() or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+
+
+@contextmanager
+def download_root(folder: str | os.PathLike | None):
+    """openai-whisper's `download_root` for what runs inside (None: its default folder)."""
+    token = _download_root.set(Path(folder).expanduser() if folder is not None else None)
+    try:
+        yield
+    finally:
+        _download_root.reset(token)
+
+
 def _online(host: str = "openaipublic.azureedge.net") -> bool:
     try:
         socket.create_connection((host, 443), timeout=3).close()
@@ -97,14 +116,14 @@ def _unavailable(name: str) -> UserError:
     here = ", ".join(available_here()) or "none"
     return UserError(
         f"model '{name}' is not available here: no official checkpoint in the whisper cache, no network, and no "
-        f"offline CTranslate2 source (available here: {here}); put {name}.pt in ~/.cache/whisper, run once "
+        f"offline CTranslate2 source (available here: {here}); put {name}.pt in {whisper_cache()}, run once "
         "online, or pass a CTranslate2 (faster-whisper) model directory as the model"
     )
 
 
 def available_here() -> list[str]:
     """Official names that load without network on this machine."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+    cache = whisper_cache()
     names = [n for n in OFFICIAL if (cache / f"{n}.pt").exists() or (workspace.get().models / f"{n}.pt").exists()]
     for name, parts in OFFLINE_PACKAGES.items():
         if name not in names and all(importlib.util.find_spec(sub.split("/")[0]) for _, sub in parts):
@@ -172,7 +191,7 @@ def checkpoint_path(name_or_path: str) -> Path:
         return path
     if name_or_path not in OFFICIAL:
         raise UserError(f"unknown model '{name_or_path}': use one of {', '.join(OFFICIAL)}, a .pt checkpoint or a CTranslate2 directory")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
+    cache = whisper_cache()
     official = cache / Path(whisper._MODELS[name_or_path]).name
     if official.exists() or _online():
         return Path(whisper._download(whisper._MODELS[name_or_path], str(cache), False))

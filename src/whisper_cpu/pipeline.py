@@ -166,6 +166,20 @@ def segments(window: Window, tokenizer, first_id: int = 0) -> list[dict]:
     return found
 
 
+def after(pieces: list[dict], last: float) -> float:
+    """A window's timed words moved to start no earlier than `last`, where the words before them end; returns where its
+    own end. The alignment can place a window's first word a little inside the audio the window before it timed (a rest
+    starts at a timestamp token, not at a word's end): openai-whisper's seek loop moves on to the last word's end instead."""
+    for segment in pieces:
+        for word in segment.get("words", []):
+            word["start"] = max(word["start"], last)
+            word["end"] = last = max(word["end"], word["start"])
+        if segment.get("words"):
+            segment["start"] = max(segment["start"], segment["words"][0]["start"])
+            segment["end"] = max(segment["end"], segment["start"])
+    return last
+
+
 class Batcher:
     """Decodes windows of any files in batches on one model; files come out whole, in order."""
 
@@ -175,9 +189,23 @@ class Batcher:
 
     def _options(self, options: DecodeOptions, window: Window, temperature: float) -> whisper.DecodingOptions:
         search = {"beam_size": options.beam_size} if temperature == 0 else {"best_of": options.best_of}
-        prompt = options.initial_prompt if window.prompt is None else list(window.prompt)
-        return whisper.DecodingOptions(task=options.task, language=window.language, temperature=temperature, prompt=prompt,
-                                       fp16=False, **search)
+        return whisper.DecodingOptions(task=options.task, language=window.language, temperature=temperature,
+                                       prompt=self._prompt(options, window), fp16=False, **search)
+
+    def _prompt(self, options: DecodeOptions, window: Window) -> str | list[int] | None:
+        """A window cut from the file is prompted with the initial prompt alone (no window before it is decoded yet); a
+        rest with the text before it (`_rest`). `carry_initial_prompt` keeps the initial prompt in front of a rest's
+        prompt where the decoder's context would cut it, and in front of a rest whose prompt was reset, as
+        openai-whisper's transcribe keeps it."""
+        if window.prompt is None:
+            return options.initial_prompt
+        if not (options.carry_initial_prompt and options.initial_prompt):
+            return list(window.prompt)
+        initial = list(self._initial_prompt(options))
+        text = list(window.prompt)
+        text = text[len(initial):] if text[: len(initial)] == initial else text
+        room = max(0, self.model.dims.n_text_ctx // 2 - 1 - len(initial))
+        return initial + text[len(text) - room:] if room else initial
 
     @torch.inference_mode()
     def decode(self, windows: list[Window], options: DecodeOptions) -> None:
@@ -260,7 +288,7 @@ class Batcher:
             if options.word_timestamps and pieces:
                 add_word_timestamps(segments=pieces, model=self.model, tokenizer=tokenizer, mel=window.mel,
                                     num_frames=(window.end - window.start) // HOP_LENGTH, last_speech_timestamp=last_speech)
-                last_speech = next((w["end"] for s in reversed(pieces) for w in reversed(s.get("words", []))), last_speech)
+                last_speech = after(pieces, last_speech)
             found += pieces
         if guard.possible(found, file.duration_s):  # speech a window's decode moved past: decoded again, alone
             found = guarded(self.model, read(file.source), found, seconds(file.regions), options, language)

@@ -92,7 +92,12 @@ def samples_of(source: Path | np.ndarray) -> np.ndarray:
 def read(source: Path | np.ndarray) -> np.ndarray:
     """The samples of a file or array; one that holds no signal is refused in one line."""
     samples = samples_of(source)
-    if not len(samples) or max(samples.max(), -samples.min()) < SILENCE:  # not np.abs: no second copy of an hour's samples
+    if not len(samples):
+        raise UserError("no signal (silence)")
+    high, low = samples.max(), samples.min()  # not np.abs: no second copy of an hour's samples
+    if not (np.isfinite(high) and np.isfinite(low)):
+        raise UserError("samples that are not numbers (NaN or infinite)")
+    if max(high, -low) < SILENCE:
         raise UserError("no signal (silence)")
     return samples
 

@@ -136,8 +136,11 @@ def request_options(model: str, task: str, language: str | None, prompt: str | N
     return options
 
 
-def render(transcript: Transcript, response_format: str, task: str, duration: float, words: bool):
-    """(body, media type) in OpenAI's response formats."""
+GRANULARITIES = ("word", "segment")
+
+
+def render(transcript: Transcript, response_format: str, task: str, duration: float, words: bool, segments: bool = True):
+    """(body, media type) in OpenAI's response formats; verbose_json has `segments` unless only words were asked for."""
     result = transcript.as_whisper_result()
     if response_format == "text":
         return transcript.text + "\n", "text/plain"
@@ -148,11 +151,13 @@ def render(transcript: Transcript, response_format: str, task: str, duration: fl
         return out.getvalue(), "text/plain"
     if response_format == "json":
         return {"text": transcript.text}, "application/json"
-    segments = [{"id": i, "seek": s.get("seek", 0), "start": s["start"], "end": s["end"], "text": s["text"], "tokens": s.get("tokens", []),
-                 "temperature": s.get("temperature", 0.0), "avg_logprob": s.get("avg_logprob"), "compression_ratio": s.get("compression_ratio"),
-                 "no_speech_prob": s.get("no_speech_prob")} for i, s in enumerate(transcript.segments)]
     body = {"task": task, "language": LANGUAGES.get(transcript.language, transcript.language),  # OpenAI names it: "english"
-            "duration": round(duration, 3), "text": transcript.text, "segments": segments}
+            "duration": round(duration, 3), "text": transcript.text}
+    if segments:
+        body["segments"] = [{"id": i, "seek": s.get("seek", 0), "start": s["start"], "end": s["end"], "text": s["text"], "tokens": s.get("tokens", []),
+                             "temperature": s.get("temperature", 0.0), "avg_logprob": s.get("avg_logprob"),
+                             "compression_ratio": s.get("compression_ratio"), "no_speech_prob": s.get("no_speech_prob")}
+                            for i, s in enumerate(transcript.segments)]
     if words:  # without openai-whisper's leading space, as OpenAI gives them
         body["words"] = [{"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
                          for s in transcript.segments for w in s.get("words", [])]
@@ -215,6 +220,8 @@ def create_app(runner: Runner, settings: Settings):
         data = await file.read(settings.max_bytes + 1)
         if len(data) > settings.max_bytes:
             return error(413, f"the file is larger than the server's limit of {settings.max_bytes // 2**20} MB")
+        if unknown := [g for g in granularities if g not in GRANULARITIES]:
+            return error(400, f"timestamp_granularities[] '{unknown[0]}' is not one of {', '.join(GRANULARITIES)}")
         words = "word" in granularities
         try:
             if task == "translate" and settings.model.endswith(".en"):
@@ -226,7 +233,7 @@ def create_app(runner: Runner, settings: Settings):
             return error(503, str(busy), "server_error")
         except UserError as problem:
             return error(400, str(problem))
-        body, media = render(transcript, response_format, task, len(samples) / SAMPLE_RATE, words)
+        body, media = render(transcript, response_format, task, len(samples) / SAMPLE_RATE, words, granularities != ["word"])
         return JSONResponse(body) if media == "application/json" else PlainTextResponse(body)
 
     @app.post("/v1/audio/transcriptions")

@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 
 from .. import UserError, machine, models, registry
-from ..cli import threads
+from ..cli import positive, positive_number, threads
 from ..runner import DecodeOptions
 from . import accuracy, figures, harness, inputs, isolate, longform, peak, publish, results, tables
 
-METHODS_HELP = "default: the original experiment's ({}); any of: {}"
+METHODS_HELP = "default: {} ({}); any of: {}"
 
 
 def _decoding(args) -> DecodeOptions:
@@ -85,7 +85,12 @@ def _print_failures(run_id: str) -> None:
 
 
 def cmd_compare(args) -> None:
-    table = tables.compare(tables.load_timings(), tables.published(), args.run_id, tables.load_accuracy())
+    timings = tables.load_timings()
+    if args.run_id and args.run_id not in set(timings.run_id if len(timings) else ()):
+        raise UserError(f"--run-id {args.run_id}: no such run in the timings")
+    table = tables.compare(timings, tables.published(), args.run_id, tables.load_accuracy())
+    if not len(table):
+        raise UserError(f"{'run ' + args.run_id if args.run_id else 'no run'} timed both fp32-nn and qint8: run `make bench` first")
     print("qint8 speedup over nn.Linear fp32, ours (this machine, the freshest run that timed both) beside the original's (Ryzen 5 5600X, AVX2)")
     print(table.astype(object).fillna("").T.to_string(header=False))
 
@@ -103,14 +108,18 @@ def cmd_accuracy(args) -> None:
     _check((*opts.methods, "fp32"), opts.models, args.resume)
     run_id = accuracy.run(opts, run_id=args.resume)
     table = results.read("accuracy")
-    table = _percent(table[table.run_id == run_id].copy(), ("wer", "cer", "wer_delta", "ci_low", "ci_high"))
+    table = table[table.run_id == run_id] if len(table) else table
+    if not len(table):
+        _print_failures(run_id)
+        raise UserError(f"run {run_id}: no configuration was scored")
+    table = _percent(table.copy(), ("wer", "cer", "wer_delta", "ci_low", "ci_high"))
     columns = ["model", "method", "language", "n_utterances", "audio_s", "metric", "wer", "cer", "wer_delta",
                "ci_low", "ci_high", "identical_to_fp32", "fallbacks", "rtfx"]
     print(f"\nrun {run_id}: corpus WER/CER in %, delta against fp32 in points with its 95% bootstrap CI")
     print(table[[c for c in columns if c in table]].astype(object).fillna("").to_string(index=False))
     by_category = results.read("categories")
-    by_category = by_category[(by_category.run_id == run_id) & (by_category.status == "ok")]
-    if set(by_category.category) - {"clean"}:
+    by_category = by_category[(by_category.run_id == run_id) & (by_category.status == "ok")] if len(by_category) else by_category
+    if len(by_category) and set(by_category.category) - {"clean"}:
         verdict = accuracy.passes(by_category.to_dict("records"))
         print("\nper category: WER %, words per minute of non-speech, words past the reference's end; changes against fp32 "
               "[95% CI]; `passes`: no measurable loss of words or added words in any category")
@@ -166,9 +175,13 @@ def cmd_peak(args) -> None:
 def cmd_floor(args) -> None:
     from . import floor
 
+    timings = tables.load_timings()
+    if args.run_id and args.run_id not in set(timings.run_id if len(timings) else ()):
+        raise UserError(f"--run-id {args.run_id}: no such run in the timings")
     rows = floor.measure(args.run_id)
     if not rows:
-        raise UserError("no batched run with both our batched int8 and faster-whisper's, and its long-form gate: run `make bench-batch` first")
+        which = f"run {args.run_id} has no" if args.run_id else "no batched run with"
+        raise UserError(f"{which} timings of both our batched int8 and faster-whisper's with its long-form gate: run `make bench-batch` first")
     print(tables.floor_table(pd.DataFrame(rows)).to_string(index=False))
 
 
@@ -227,12 +240,12 @@ def cmd_audio(args) -> None:
 DEFAULT_MODELS = ("tiny.en", "base")
 
 
-def _run_flags(parser: argparse.ArgumentParser, methods_tag: str) -> None:
+def _run_flags(parser: argparse.ArgumentParser, methods_tag: str, label: str = "the original experiment's") -> None:
     parser.add_argument("--models", nargs="+", default=None,
                         help=f"default: {' '.join(DEFAULT_MODELS)}; NAME:random for the official shapes with random weights (timing only)")
     parser.add_argument("--methods", nargs="+", default=None,
-                        help=METHODS_HELP.format(" ".join(registry.tagged(methods_tag)), ", ".join(registry.REGISTRY)))
-    parser.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
+                        help=METHODS_HELP.format(label, " ".join(registry.tagged(methods_tag)), ", ".join(registry.REGISTRY)))
+    parser.add_argument("--beam-size", type=positive, default=None, help="beam search width (default: greedy)")
     parser.add_argument("--threads", type=threads, default=None, help="default: all available cores")
     parser.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run instead of starting a new one")
 
@@ -240,10 +253,10 @@ def _run_flags(parser: argparse.ArgumentParser, methods_tag: str) -> None:
 def add_commands(sub) -> None:
     b = sub.add_parser("bench", help="time models x methods on one input, with the transcriber's decoding options")
     _run_flags(b, registry.BENCH)
-    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--repeats", type=positive, default=5)
     b.add_argument("--retries", type=int, default=harness.Options.retries, help="reruns of a repeat taken while other programs used "
                    f"more than {100 * harness.CONTENDED:.0f}%% of the CPU; then it is kept, marked contended (default: %(default)s)")
-    b.add_argument("--timeout", type=float, default=isolate.TIMEOUT, metavar="SECONDS", help="each configuration runs in a process of "
+    b.add_argument("--timeout", type=positive_number, default=isolate.TIMEOUT, metavar="SECONDS", help="each configuration runs in a process of "
                    "its own; past this it counts as hung and is recorded failed (default: %(default)g)")
     b.add_argument("--audio", type=Path, help="a file to time instead of the ~30 s real-speech window")
     b.add_argument("--language", default="en")
@@ -253,11 +266,11 @@ def add_commands(sub) -> None:
                    "replace: batch-size sweep, memory per batch size, threads, long-form gate")
     b.add_argument("--manifest", type=Path, default=None, help="--batched, --all: the gates' clips and the long recordings "
                    "(joined from its English clips) from this manifest")
-    b.add_argument("--batch-sizes", type=int, nargs="+", help=f"batch sizes of the sweep (default: {' '.join(map(str, harness.SWEEP))})")
+    b.add_argument("--batch-sizes", type=positive, nargs="+", help=f"batch sizes of the sweep (default: {' '.join(map(str, harness.SWEEP))})")
     b.add_argument("--sizes", action="store_true", help="the original's four sizes (real weights where present, else random, timing "
                    "only) on forced decoder steps, with peak memory; GPU methods where CUDA exists")
-    b.add_argument("--skip-memory", action="store_true", help="--sizes: no peak-memory probes (each loads the model again)")
-    b.add_argument("--forced", type=int, default=None, metavar="STEPS", help="time the window alone with exactly STEPS decoder steps "
+    b.add_argument("--skip-memory", action="store_true", help="--sizes, --batched: no peak-memory probes (each loads the model again; --batched's transcribe an hour of speech)")
+    b.add_argument("--forced", type=positive, default=None, metavar="STEPS", help="time the window alone with exactly STEPS decoder steps "
                    f"(end of text suppressed): the same work whatever the weights (--sizes: {harness.FORCED})")
     b.set_defaults(func=cmd_bench)
 
@@ -270,7 +283,7 @@ def add_commands(sub) -> None:
     w.set_defaults(func=cmd_accuracy)
 
     g = sub.add_parser("longform", help="the long-form gate: long recordings transcribed end to end, WER change vs fp32 with CIs")
-    _run_flags(g, registry.LONGFORM)
+    _run_flags(g, registry.LONGFORM, "every method the gate is meant for")
     g.add_argument("--manifest", type=Path, default=None, help="recordings joined from this manifest's English clips (default: the dev clips)")
     g.add_argument("--harder", action="store_true", help="recordings joined from the mirror's real hard clips (noisy, accented, telephone, "
                    "spontaneous speech and non-speech)")
@@ -298,7 +311,7 @@ def add_commands(sub) -> None:
     st.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     st.add_argument("--methods", nargs="+", default=["fast-qint8-pc", "fast-fp16w", "faster-whisper-int8", "whisper.cpp-q8_0"])
     st.add_argument("--threads", type=threads, default=None, help="default: all available cores")
-    st.add_argument("--repeats", type=int, default=5)
+    st.add_argument("--repeats", type=positive, default=5)
     st.set_defaults(func=cmd_step)
 
     a = sub.add_parser("audio", help="verify the real-speech clips and build the benchmark inputs")
@@ -309,8 +322,8 @@ def add_commands(sub) -> None:
     lt = sub.add_parser("loadtest", help="`serve` in its own process under N concurrent clients on 127.0.0.1 (results/serve.csv)")
     lt.add_argument("--model", default="tiny.en")
     lt.add_argument("--method", default="auto")
-    lt.add_argument("--clients", type=int, default=4)
-    lt.add_argument("--seconds", type=float, default=30.0)
+    lt.add_argument("--clients", type=positive, default=4)
+    lt.add_argument("--seconds", type=positive_number, default=30.0)
     lt.add_argument("--threads", type=threads, default=None, help="the server's (default: all available cores)")
     lt.add_argument("--audio", type=Path, help="the file each request sends (default: the ~30 s real-speech window)")
     lt.set_defaults(func=cmd_loadtest)

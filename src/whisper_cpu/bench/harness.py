@@ -299,8 +299,9 @@ def run_batched(opts: Options, run_id: str | None = None, log=print) -> str:
         for recording in recordings:
             _run(replace(opts, batch_sizes=(pipeline.BATCH,)), recording, run_id, log)
         _run(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id, log)
-        measure_memory(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id)
-        measure_memory(replace(opts, methods=sweep, batch_sizes=(pipeline.BATCH,)), inputs.hour(opts.manifest), run_id)
+        if opts.memory:
+            measure_memory(replace(opts, methods=sweep, batch_sizes=opts.batch_sizes or SWEEP), recordings[0], run_id)
+            measure_memory(replace(opts, methods=sweep, batch_sizes=(pipeline.BATCH,)), inputs.hour(opts.manifest), run_id)
         for threads in fewer_threads(opts.threads):
             _run(replace(opts, methods=sweep, threads=threads, batch_sizes=(pipeline.BATCH,)), recordings[0], run_id, log)
         longform.run(longform.Options(models=opts.models, methods=opts.methods, decoding=opts.decoding, threads=opts.threads,
