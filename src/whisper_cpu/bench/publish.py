@@ -26,7 +26,7 @@ def _measured() -> tuple:
 
 def write_choices(path: Path | None = None) -> Path:
     """Derive results/choices.json from every row measured so far (atomically: `auto` may read it meanwhile)."""
-    found = tables.choices(*_measured())
+    found = tables.choices(*_measured(), hard_short=tables.load_accuracy(inputs.HARDER))
     return write_text(path or workspace.get().choices, json.dumps({"decoding": DecodeOptions().tag, "choices": found}, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -36,7 +36,7 @@ def page(section: str) -> Path:
 
 def headline_markdown() -> str:
     """The README's one table: what `auto` runs on each CPU measured, how much faster and how accurate it is."""
-    table = tables.auto_table(*_measured(), every_gate=tables.load_longform(newest=False))
+    table = tables.auto_table(*_measured(), every_gate=tables.load_longform(newest=False), hard_short=tables.load_accuracy(inputs.HARDER))
     return (
         "What `whisper-cpu transcribe` runs by default (`--method auto`) on each CPU measured here, with all its cores: the "
         "fastest of our methods whose WER change against openai-whisper fp32 has a 95% CI reaching zero in every accuracy gate "
