@@ -235,9 +235,9 @@ def run(opts: Options, source: Path, output_dir: Path, log=lambda line: print(li
 def reachable(address: str, timeout_s: float = 5.0) -> None:
     """A Ray cluster's HOST:PORT (or ray://HOST:PORT) refused in one line where nothing answers: `ray.init` retries such an
     address for minutes, silently. `auto` (the cluster this machine is part of) is Ray's to find."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
     if address == "auto":
         return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--address {address}: a Ray cluster's HOST:PORT (or ray://HOST:PORT, or auto)")
     try:
