@@ -87,6 +87,16 @@ def test_batched_timestamp_rules_equal_openai_whispers_loop():
         assert torch.equal(got, expected), history
 
 
+def test_the_audio_keys_scale_is_on_the_query_to_the_last_bit(fast_tiny):
+    """1/8, a power of two, moved from the window's 1500 keys to each token's query: the same scores and outputs."""
+    layer = fast_tiny.decoder.layers[0]
+    generator = torch.Generator().manual_seed(0)
+    keys_t, values = layer.audio(torch.randn(2, 1500, 384, generator=generator))
+    query = torch.randn(2, 1, 384, generator=generator)
+    assert layer.scale == 0.125
+    assert torch.equal(layer.cross_attend(query * layer.scale, keys_t, values), layer.cross_attend(query, keys_t * layer.scale, values))
+
+
 def test_fast_qint8_quantizes_every_matrix_product_of_the_decoder(tiny):
     model = registry.get("fast-qint8").prepare(copy.deepcopy(tiny))
     decoder = model.decoder

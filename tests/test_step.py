@@ -34,3 +34,15 @@ def test_a_token_is_timed_and_split_into_its_parts(scratch, mirror):
 def test_the_step_command_refuses_an_unknown_method_before_loading(scratch):
     with pytest.raises(UserError, match="unknown method 'nope'"):
         cli.cmd_step(type("Args", (), {"methods": ["nope"], "models": ["tiny.en"], "threads": 1, "repeats": 1})())
+
+
+def test_ms_per_token_divides_each_repeats_time_by_its_own_tokens():
+    """A peer's fallback can decode the window again in one repeat and not the next: a median time over the first
+    repeat's tokens came out ten times too fast (whisper.cpp's tiny.en at 0.22 ms)."""
+    class Runner:
+        splits = iter([(0.1, 9.0, 900), (0.1, 9.0, 900), (0.1, 0.1, 100), (0.1, 0.2, 100), (0.1, 0.3, 100), (0.1, 0.15, 100)])
+
+        def split_times(self, samples, options):
+            return next(self.splits)
+
+    assert step.per_token(Runner(), None, None, repeats=5) == {"tokens": 100, "ms_per_token": 2.0}

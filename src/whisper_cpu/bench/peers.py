@@ -8,7 +8,7 @@ previous text, no VAD, timestamps on; the segment generator is consumed inside t
 """
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import time
 
 import numpy as np
@@ -159,10 +159,13 @@ class WhisperCppRunner(Runner):
         return Transcript("".join(s["text"] for s in segments).strip(), segments, options.language or "")
 
     def split_times(self, samples, options: DecodeOptions) -> tuple[float, float, int]:
-        """whisper.cpp's own timings of one 30 s window: encode, and decode + batched decode + prompt."""
+        """whisper.cpp's own timings of one 30 s window at temperature 0 and unprompted, as ours and faster-whisper's are
+        split (its fallback decoded the window again at random, and a context prompts each call with the text of the
+        one before, so a repeat's tokens were not another's): one encoder pass (its seek may go on to the window's tail),
+        and decode + batched decode + prompt over their tokens."""
         import _pywhispercpp as pw
 
-        model = self._model(options)
+        model = self._model(replace(options, temperature=(0.0,), condition_on_previous_text=False))
         pw.whisper_reset_timings(model._ctx)
         model.transcribe(samples[: audio.SAMPLE_RATE * 30], language=options.language or "auto")
         lines: list[str] = []
@@ -173,7 +176,8 @@ class WhisperCppRunner(Runner):
             pw.whisper_log_set(None)  # a Python callback left set aborts the interpreter at exit
         found = {k: (float(ms), int(runs or 0)) for k, ms, runs in re.findall(r"(\w+) time = +([\d.]+) ms(?: / +(\d+) runs)?", "".join(lines))}
         decoder = [found.get(k, (0.0, 0)) for k in ("decode", "batchd", "prompt")]
-        return found["encode"][0] / 1000, sum(ms for ms, _ in decoder) / 1000, found.get("decode", (0, 0))[1] + found.get("batchd", (0, 0))[1]
+        encode_ms, encodes = found["encode"]
+        return encode_ms / 1000 / max(1, encodes), sum(ms for ms, _ in decoder) / 1000, found.get("decode", (0, 0))[1] + found.get("batchd", (0, 0))[1]
 
 
 for _entry in [

@@ -10,8 +10,6 @@ cost per operator lands in that last part too, so it is an upper bound there. (w
 timings: decode, batched decode and prompt over its decode runs.)
 """
 
-import statistics
-
 import torch
 import whisper
 
@@ -38,11 +36,12 @@ def kind(name: str, shapes: list) -> str:
 
 
 def per_token(runner, samples, options: DecodeOptions, repeats: int) -> dict:
-    """ms per token from the runner's own split of the window (bench's definition, every system alike)."""
+    """ms per token from the runner's own split of the window (bench's definition, every system alike): the median
+    repeat's time over its own tokens, where a repeat's tokens may differ from another's."""
     runner.split_times(samples, options)
-    splits = [runner.split_times(samples, options) for _ in range(repeats)]
-    tokens = splits[0][2]
-    return {"tokens": tokens, "ms_per_token": round(1000 * statistics.median(s[1] for s in splits) / tokens, 3)}
+    splits = sorted((runner.split_times(samples, options) for _ in range(repeats)), key=lambda s: s[1] / s[2])
+    _, decoder_s, tokens = splits[len(splits) // 2]
+    return {"tokens": tokens, "ms_per_token": round(1000 * decoder_s / tokens, 3)}
 
 
 def parts(model, samples, options: DecodeOptions, tokens: int, ms: float) -> dict:
