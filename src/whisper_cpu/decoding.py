@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from whisper.decoding import ApplyTimestampRules, BeamSearchDecoder, DecodingOptions, DecodingTask, GreedyDecoder, Inference, SuppressTokens
 from whisper.model import TextDecoder, Whisper
 
+from . import encoder
 from .models import release_freed
 
 
@@ -326,7 +327,9 @@ def decode(model: Whisper, mel: Tensor, options: DecodingOptions = DecodingOptio
 
 
 def fast(model: Whisper) -> Whisper:
-    """The model with the fast decoder; `model.transcribe` and `model.decode` use it from then on."""
+    """The model with the fast decoder, and the encoder's attention on this CPU's faster kernel (`encoder`);
+    `model.transcribe` and `model.decode` use them from then on."""
+    encoder.fast(model)
     model.decoder = FastTextDecoder(model.decoder)
     model.decode = types.MethodType(decode, model)
     return model
