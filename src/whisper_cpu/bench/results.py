@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import machine, workspace
+from .. import encoder, machine, workspace
 
 TABLES = ("timings", "accuracy", "categories", "longform", "memory", "peak", "kernels", "serve", "corpus")
 
@@ -35,6 +35,7 @@ def environment(threads: int) -> dict:
         "torch": torch.__version__,
         "openai_whisper": version("openai-whisper"),
         "quantized_engine": torch.backends.quantized.engine,
+        "encoder_attention": encoder.kernel(threads or torch.get_num_threads()),  # the fast methods' encoder attention, timed on this CPU
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
         "git_commit": git_commit(),
     }
