@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from whisper.model import MultiHeadAttention
 
 from whisper_cpu import decoding, encoder, models
@@ -60,3 +61,12 @@ def test_fast_models_attend_in_the_encoder_with_it_and_give_its_output(monkeypat
         assert all(type(b.attn) is encoder.EncoderAttention for b in model.encoder.blocks)
         monkeypatch.setattr(encoder, "kernel", lambda threads: "onednn")
         torch.testing.assert_close(model.encoder(mel), before, rtol=1e-4, atol=1e-4)
+
+
+def test_onednns_product_is_a_linear_and_counts_for_the_fp32_peak():
+    from whisper_cpu.bench import peak
+
+    x, w = torch.randn(37, 64), torch.randn(300, 64)
+    torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    gflops, arithmetic = peak.gemm_gflops("onednn-fp32", threads=1, repeats=1)
+    assert arithmetic == "fp32" and gflops > 0 and "onednn-fp32" in peak.KERNELS

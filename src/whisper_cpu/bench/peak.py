@@ -3,7 +3,7 @@
 FLOPs count the matrix products (2 per multiply-add), which are all but a rounding error of Whisper's work.
 The peak is what a large square matrix product reaches here, per number format, on the benchmark's threads,
 through the fastest kernel PyTorch has for it (int8: oneDNN's `_int_mm` is fast only with VNNI/AMX, fbgemm's
-dynamic Linear also on plain AVX2): the ceiling a transcriber could approach, not a datasheet figure.
+dynamic Linear also on plain AVX2; float32: MKL's, which `torch.mm` calls, or oneDNN's, over 2x faster on AMD EPYC): the ceiling a transcriber could approach, not a datasheet figure.
 """
 
 import time
@@ -30,12 +30,15 @@ def _products(kernel: str):
             linear = torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.Linear(SIZE, SIZE, bias=False)), {nn.Linear}, dtype=torch.qint8)
         x = torch.randn(SIZE, SIZE)
         return (lambda: linear(x)), "int8"
+    if kernel == "onednn-fp32":  # float32 through oneDNN: on AMD EPYC over 2x MKL's, which torch.mm calls (`encoder`)
+        a, b = (torch.randn(SIZE, SIZE) for _ in range(2))
+        return (lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")), "fp32"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[kernel]
     a, b = (torch.randn(SIZE, SIZE, dtype=dtype) for _ in range(2))
     return (lambda: torch.mm(a, b)), kernel
 
 
-KERNELS = ("fp32", "bf16", "torch._int_mm", "fbgemm")  # a number format's peak is its fastest kernel's
+KERNELS = ("fp32", "onednn-fp32", "bf16", "torch._int_mm", "fbgemm")  # a number format's peak is its fastest kernel's
 
 
 def gemm_gflops(kernel: str, threads: int, repeats: int = 5) -> tuple[float, str]:
