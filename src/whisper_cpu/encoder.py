@@ -1,9 +1,9 @@
-"""The encoder's self-attention on the fastest float32 matrix product of this CPU, chosen by timing both.
+"""The encoder's self-attention on the faster float32 matrix product of this CPU, MKL's or oneDNN's, timed here.
 
 Over 1500 frames the attention is a third of a window's encoder arithmetic (4 n^2 d a layer against 24 n d^2 for its
 products), and once the products are int8 or bfloat16 it is most of the encoder's time. PyTorch's CPU kernel for it
-(`scaled_dot_product_attention`) multiplies through the BLAS it is built with, MKL in the pinned wheel, which on AMD EPYC runs a float32 product at well under half
-the speed oneDNN does on the same cores (on a Zen 5: 157 against 376 GFLOP/s at 2048^3, 2 threads). So where oneDNN
+(`scaled_dot_product_attention`) multiplies through the BLAS it is built with, MKL in the pinned wheel, which on
+AMD EPYC runs a float32 product at well under half the speed oneDNN does on the same cores (on a Zen 5: 157 against 376 GFLOP/s at 2048^3, 2 threads). So where oneDNN
 is measurably faster the scores and the weighted sum go through it, a block of queries at a time so that the scores
 stay in cache: the same float32 numbers, summed in another order (on a Zen 5, 2 threads, a layer's attention takes
 1.3-1.6x less time, a window's encoder 1.15-1.3x less with int8 or bfloat16 products).
@@ -43,7 +43,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 def _faster(ours, theirs, repeats: int = 5) -> float:
     """Median of theirs over ours, timed in turns (a busy moment slows both alike), after two calls of each."""
     times: tuple[list[float], list[float]] = ([], [])
-    for turn in range(repeats + 2):
+    for _ in range(repeats + 2):
         for run, spent in zip((ours, theirs), times):
             start = time.perf_counter()
             run()
