@@ -3,10 +3,11 @@
 Over 1500 frames the attention is a third of a window's encoder arithmetic (4 n^2 d a layer against 24 n d^2 for its
 products), and once the products are int8 or bfloat16 it is most of the encoder's time. PyTorch's CPU kernel for it
 (`scaled_dot_product_attention`) multiplies through the BLAS it is built with, MKL in the pinned wheel, which on
-AMD EPYC runs a float32 product at well under half the speed oneDNN does on the same cores (on a Zen 5: 157 against 376 GFLOP/s at 2048^3, 2 threads). So where oneDNN
-is measurably faster the scores and the weighted sum go through it, a block of queries at a time so that the scores
-stay in cache: the same float32 numbers, summed in another order (on a Zen 5, 2 threads, a layer's attention takes
-1.3-1.6x less time, a window's encoder 1.15-1.3x less with int8 or bfloat16 products).
+AMD EPYC runs a float32 product at well under half the speed oneDNN does on the same cores (on a Zen 5: 157
+against 376 GFLOP/s at 2048^3, 2 threads). So where oneDNN is measurably faster the scores and the weighted sum go
+through it, a block of queries at a time so that the scores stay in cache: the same float32 numbers, summed in another
+order (on a Zen 5, 2 threads, a layer's attention takes 1.3-1.6x less time, a window's encoder 1.15-1.3x less with int8
+or bfloat16 products).
 """
 
 import time
