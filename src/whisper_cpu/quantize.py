@@ -132,27 +132,7 @@ def bf16_encoder(model: Whisper) -> Whisper:
     run several times faster than in fp32 or fbgemm's int8; its activations keep 8 bits of mantissa."""
     model = quantize_fp16(model, parts=("decoder",))
     replace_linears(model.encoder, CastLinear)  # last: the fp32 widening above would undo it
-    for block in model.encoder.blocks:
-        block.mlp = GeluMlp(block.mlp[0], block.mlp[2])
     return model
-
-
-class GeluMlp(nn.Module):
-    """A block's MLP of two bfloat16 products with the gelu fused into the first by oneDNN, where it has bfloat16: no
-    float32 round trip between the products (casts and gelu, a fifth of the bfloat16 encoder's time), and the gelu of
-    the first product's unrounded sums, rounded once; elsewhere the sums are rounded, widened for the gelu and rounded."""
-
-    def __init__(self, fc1: "CastLinear", fc2: "CastLinear"):
-        super().__init__()
-        self.fc1, self.fc2 = fc1.inner, fc2.inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(self.fc1.weight.dtype)
-        if h.device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            h = torch.ops.mkldnn._linear_pointwise(h, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
-        else:
-            h = F.gelu(self.fc1(h).float()).to(h.dtype)
-        return self.fc2(h).to(x.dtype)
 
 
 def bf16_audio(model: Whisper) -> Whisper:
