@@ -111,6 +111,14 @@ def test_default_threads_are_the_usable_physical_cores(monkeypatch):
     assert machine.default_threads() == 1  # a process pinned to one CPU gets one thread
 
 
+def test_the_cpu_is_named_with_its_generation(monkeypatch):
+    zen4 = ({"model name": "AMD EPYC", "cpu family": "25", "model": "17"},)
+    monkeypatch.setattr(machine, "cpuinfo", lambda: zen4)
+    assert machine.cpu_name() == "AMD EPYC (family 25 model 17)"  # not the Zen 5's "AMD EPYC (family 26 model 2)"
+    monkeypatch.setattr(machine, "cpuinfo", lambda: ({"model name": "Neoverse"},))
+    assert machine.cpu_name() == "Neoverse"  # no numbers to add
+
+
 def test_thread_scaling_adds_powers_of_two_below_the_cores():
     assert harness.fewer_threads(1) == ()
     assert harness.fewer_threads(2) == (1,)

@@ -26,8 +26,12 @@ def default_threads() -> int:
 
 
 def cpu_name() -> str:
-    """This CPU's model name: the `cpu` column that result rows and measured choices are matched on."""
-    return (cpuinfo()[0].get("model name", "") if cpuinfo() else "") or platform.processor()
+    """This CPU's model name and generation: the `cpu` column that result rows and measured choices are matched on.
+    In a virtual machine the name is often only the brand ("AMD EPYC" on a Zen 3, a Zen 4 and a Zen 5 alike, whose
+    products run at different speeds and in a different order), so the family and model numbers go with it."""
+    info = cpuinfo()[0] if cpuinfo() else {}
+    name = info.get("model name", "") or platform.processor()
+    return f"{name} (family {info['cpu family']} model {info['model']})" if "cpu family" in info and "model" in info else name
 
 
 def flags() -> set[str]:
